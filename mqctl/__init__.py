@@ -1,0 +1,54 @@
+"""mqctl: an asynchronous message-queue library with memory and Redis Streams backends."""
+
+from mqctl.connect import connect, open_broker
+from mqctl.core.backend import Backend, DeadLetter, GroupStats, TopicStats
+from mqctl.core.broker import Broker, BrokerOptions
+from mqctl.core.errors import (
+    BrokerOutOfMemory,
+    BrokerUnavailable,
+    ConfigError,
+    InvalidMessage,
+    MessageTooLarge,
+    MQError,
+    PublishTimeout,
+    QueueFull,
+    SubscriptionClosed,
+    UnknownMessage,
+)
+from mqctl.core.filters import Filter, by_header, by_type, where
+from mqctl.core.message import Message
+from mqctl.core.retry import RetryPolicy
+from mqctl.core.subscription import Broadcast, Delivery, Subscription
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend",
+    "Broadcast",
+    "Broker",
+    "BrokerOptions",
+    "BrokerOutOfMemory",
+    "BrokerUnavailable",
+    "ConfigError",
+    "DeadLetter",
+    "Delivery",
+    "Filter",
+    "GroupStats",
+    "InvalidMessage",
+    "MQError",
+    "Message",
+    "MessageTooLarge",
+    "PublishTimeout",
+    "QueueFull",
+    "RetryPolicy",
+    "Subscription",
+    "SubscriptionClosed",
+    "TopicStats",
+    "UnknownMessage",
+    "__version__",
+    "by_header",
+    "by_type",
+    "connect",
+    "open_broker",
+    "where",
+]

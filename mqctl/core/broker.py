@@ -1,0 +1,256 @@
+"""The broker: mqctl's one front for publishing, subscribing and operating on topics.
+
+It holds the policy (validation, size limit, publish coalescing and retry, filters,
+redelivery backoff, dead-letter decisions) and delegates storage to a ``Backend``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqctl.core.backend import Backend, DeadLetter, Limits, Outgoing, TopicStats
+from mqctl.core.coalescer import Coalescer
+from mqctl.core.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError, MessageTooLarge, QueueFull
+from mqctl.core.filters import Predicate
+from mqctl.core.message import Message, as_message, encode
+from mqctl.core.names import check_name
+from mqctl.core.retry import RetryPolicy, retry_call
+from mqctl.core.subscription import Broadcast, Subscription
+
+DEFAULT_GROUP = "default"
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerOptions:
+    """Limits and policies of a broker; every field is a keyword of ``mqctl.connect``."""
+
+    max_backlog: int | None = None
+    """Refuse a publish that would leave more unacknowledged messages than this (None: no cap)."""
+    max_message_bytes: int = 1024 * 1024
+    retention: int = 10_000
+    """Acknowledged messages kept per topic for broadcast resume and inspection."""
+    publish_timeout_s: float = 5.0
+    publish_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=0.05, cap_s=1.0))
+    redelivery: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=1.0, cap_s=30.0))
+    default_group: str | None = DEFAULT_GROUP
+    """Created with each new topic, so messages wait for a consumer that comes later."""
+    idempotency_window_s: float = 3600.0
+    max_batch: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.max_backlog is not None and self.max_backlog < 1:
+            raise ConfigError(f"max_backlog must be a positive number or None, got {self.max_backlog!r}.")
+        if self.max_message_bytes < 64:
+            raise ConfigError(f"max_message_bytes must be at least 64, got {self.max_message_bytes!r}.")
+        if self.retention < 0:
+            raise ConfigError(f"retention must be >= 0, got {self.retention!r}.")
+        if self.publish_timeout_s <= 0:
+            raise ConfigError(f"publish_timeout_s must be > 0, got {self.publish_timeout_s!r}.")
+        if self.default_group is not None:
+            check_name("group", self.default_group)
+
+
+def _default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _should_retry(exc: BaseException) -> bool:
+    return isinstance(exc, BrokerUnavailable) and not isinstance(exc, BrokerOutOfMemory)
+
+
+class Broker:
+    """Publish to and subscribe from topics on one backend. Get one from ``mqctl.connect``."""
+
+    def __init__(self, backend: Backend, options: BrokerOptions | None = None, *, url: str = "") -> None:
+        self.backend = backend
+        self.options = options or BrokerOptions()
+        self.url = url
+        self._limits = Limits(
+            max_backlog=self.options.max_backlog,
+            retention=self.options.retention,
+            idempotency_window_s=self.options.idempotency_window_s,
+            default_group=self.options.default_group,
+        )
+        self._coalescers: dict[str, Coalescer[list[Outgoing], list[str]]] = {}
+        self._subscriptions: set[Subscription | Broadcast] = set()
+
+    # -- publishing ---------------------------------------------------------------
+
+    async def publish(
+        self, topic: str, message: Message | Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> str:
+        """Store ``message`` on ``topic`` and return its id once the backend has it.
+
+        Concurrent calls share round trips. Raises ``InvalidMessage``, ``MessageTooLarge``,
+        ``QueueFull`` (nothing stored), ``PublishTimeout`` or ``BrokerUnavailable``.
+        """
+        if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
+            raise ConfigError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}.")
+        unit = [self._outgoing(message, idempotency_key)]
+        ids = await self._coalescer(topic).submit(unit)
+        return ids[0]
+
+    async def publish_many(self, topic: str, messages: Iterable[Message | Mapping[str, Any]]) -> list[str]:
+        """Store every message in one round trip, all or none, and return their ids in order."""
+        unit = [self._outgoing(m, None) for m in messages]
+        if not unit:
+            return []
+        return await self._coalescer(topic).submit(unit)
+
+    def _outgoing(self, message: Message | Mapping[str, Any], key: str | None) -> Outgoing:
+        payload = encode(as_message(message))
+        if len(payload) > self.options.max_message_bytes:
+            raise MessageTooLarge(len(payload), self.options.max_message_bytes)
+        return Outgoing(payload, key)
+
+    def _coalescer(self, topic: str) -> Coalescer[list[Outgoing], list[str]]:
+        coalescer = self._coalescers.get(topic)
+        if coalescer is None:
+            check_name("topic", topic)
+
+            async def send(units: Sequence[list[Outgoing]]) -> list[list[str] | QueueFull]:
+                return await self._add(topic, units)
+
+            coalescer = self._coalescers[topic] = Coalescer(send, max_batch=self.options.max_batch)
+        return coalescer
+
+    async def _add(self, topic: str, units: Sequence[Sequence[Outgoing]]) -> list[list[str] | QueueFull]:
+        return await retry_call(
+            lambda: self.backend.add(topic, units, self._limits),
+            policy=self.options.publish_retry,
+            deadline_s=self.options.publish_timeout_s,
+            should_retry=_should_retry,
+        )
+
+    # -- consuming ----------------------------------------------------------------
+
+    def subscribe(
+        self,
+        topic: str,
+        *,
+        group: str = DEFAULT_GROUP,
+        consumer: str | None = None,
+        filter: Predicate | None = None,
+        poll_interval: float = 2.0,
+        batch: int = 100,
+        ack_timeout: float = 30.0,
+        max_attempts: int = 5,
+        from_start: bool = False,
+    ) -> Subscription:
+        """A subscription to ``topic`` as one consumer of ``group``.
+
+        Use it as ``async with broker.subscribe(...) as sub: async for delivery in sub``.
+        A new group reads from now on (``from_start=True``: from the oldest retained message).
+        Deliveries not acknowledged within ``ack_timeout`` seconds, or nacked, come back with
+        ``attempt + 1`` after a backoff; after ``max_attempts`` they go to the dead letters.
+        """
+        return Subscription(
+            self,
+            topic=check_name("topic", topic),
+            group=check_name("group", group),
+            consumer=check_name("consumer", consumer or _default_consumer_name()),
+            filter=filter,
+            poll_interval_s=poll_interval,
+            batch=batch,
+            ack_timeout_s=ack_timeout,
+            max_attempts=max_attempts,
+            from_start=from_start,
+        )
+
+    def broadcast(
+        self,
+        topic: str,
+        *,
+        last_id: str | None = None,
+        filter: Predicate | None = None,
+        poll_interval: float = 2.0,
+        batch: int = 100,
+    ) -> Broadcast:
+        """Every message of ``topic`` as it arrives, with no group and no acks.
+
+        With ``last_id``, first everything still retained after that id (a resume).
+        """
+        return Broadcast(
+            self,
+            topic=check_name("topic", topic),
+            last_id=last_id,
+            filter=filter,
+            poll_interval_s=poll_interval,
+            batch=batch,
+        )
+
+    async def create_group(self, topic: str, group: str, *, from_start: bool = True) -> bool:
+        """Create ``group`` on ``topic`` so it keeps every message from now (or from the start)."""
+        return await self.backend.create_group(
+            check_name("topic", topic), check_name("group", group), from_start=from_start
+        )
+
+    # -- operating ----------------------------------------------------------------
+
+    async def stats(self, topic: str) -> TopicStats:
+        """Length, backlog, pending per group and dead-letter count of ``topic``."""
+        return await self.backend.stats(check_name("topic", topic))
+
+    async def topics(self) -> list[str]:
+        """Every topic that has had a message."""
+        return sorted(await self.backend.topics())
+
+    async def dead_letters(self, topic: str, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
+        """Dead letters of ``topic``, oldest first."""
+        return await self.backend.dead_letters(check_name("topic", topic), count=count, after=after)
+
+    async def replay(self, topic: str, ids: Sequence[str] | None = None) -> list[str]:
+        """Publish dead letters back onto ``topic`` (all, or those in ``ids``) and remove them.
+
+        Returns the new message ids. A crash between the two steps leaves a copy in the
+        dead letters (a duplicate), never a loss.
+        """
+        check_name("topic", topic)
+        wanted = None if ids is None else set(ids)
+        replayed: list[str] = []
+        after = "-"
+        while True:
+            page = await self.backend.dead_letters(topic, count=500, after=after)
+            if not page:
+                break
+            after = page[-1].id
+            chosen = [d for d in page if wanted is None or d.id in wanted]
+            if not chosen:
+                continue
+            units = [[Outgoing(d.payload)] for d in chosen]
+            results = await self._add(topic, units)
+            stored = []
+            for letter, result in zip(chosen, results, strict=True):
+                if isinstance(result, QueueFull):
+                    raise result
+                replayed.extend(result)
+                stored.append(letter.id)
+            await self.backend.remove_dead_letters(topic, stored)
+        return replayed
+
+    async def purge_dead_letters(self, topic: str) -> int:
+        """Delete every dead letter of ``topic``; returns how many there were."""
+        return await self.backend.remove_dead_letters(check_name("topic", topic), None)
+
+    async def ping(self) -> None:
+        """Return when the broker answers; raise ``BrokerUnavailable`` otherwise."""
+        await self.backend.ping()
+
+    async def aclose(self) -> None:
+        """Finish publishes in flight, close subscriptions and release connections."""
+        for coalescer in list(self._coalescers.values()):
+            await coalescer.aclose()
+        await asyncio.gather(*(s.aclose() for s in list(self._subscriptions)), return_exceptions=True)
+        await self.backend.aclose()
+
+    async def __aenter__(self) -> Broker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()

@@ -1,0 +1,82 @@
+"""Retry policy: how long to wait before the next try, and how many tries there are.
+
+Backoff is a pure function of the attempt number and a random source, so tests pin it
+down without sleeping; ``retry_call`` takes ``sleep`` and ``clock`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from mqctl.core.errors import ConfigError, PublishTimeout
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, capped.
+
+    The wait before try ``n + 1`` (after ``n`` failed tries) is drawn uniformly from
+    ``[base_s * factor**(n-1) * (1 - jitter), base_s * factor**(n-1)]``, never above ``cap_s``.
+    """
+
+    base_s: float = 0.5
+    factor: float = 2.0
+    cap_s: float = 30.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.base_s < 0 or self.cap_s < 0:
+            raise ConfigError(f"Backoff times must be >= 0, got base_s={self.base_s!r}, cap_s={self.cap_s!r}.")
+        if self.factor < 1:
+            raise ConfigError(f"Backoff factor must be >= 1, got {self.factor!r}.")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError(f"Backoff jitter must be within [0, 1], got {self.jitter!r}.")
+
+    def delay_s(self, failures: int, rand: Callable[[], float] = random.random) -> float:
+        """Seconds to wait after ``failures`` failed tries (``failures >= 1``)."""
+        if failures < 1:
+            return 0.0
+        # min() before the power would overflow for large failure counts
+        ceiling = self.cap_s if failures > 64 else min(self.cap_s, self.base_s * self.factor ** (failures - 1))
+        return ceiling * (1 - self.jitter * rand())
+
+
+async def retry_call(
+    call: Callable[[], Awaitable[T]],
+    *,
+    policy: RetryPolicy,
+    deadline_s: float,
+    should_retry: Callable[[Exception], bool],
+    sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Await ``call()``, retrying errors for which ``should_retry`` is true, with backoff,
+    until ``deadline_s`` passes; then the last error is re-raised. Each try is itself
+    bounded by the time left, so a hung call cannot outlive the deadline.
+    """
+    end = clock() + deadline_s
+    failures = 0
+    while True:
+        bound = asyncio.timeout(max(end - clock(), 0.001))
+        try:
+            async with bound:
+                return await call()
+        except Exception as exc:
+            if bound.expired():
+                raise PublishTimeout(
+                    f"The broker did not answer within {deadline_s:g} s; it may be overloaded or unreachable."
+                ) from exc
+            if not should_retry(exc):
+                raise
+            failures += 1
+            wait = policy.delay_s(failures)
+            if clock() + wait >= end:
+                raise
+            await sleep(wait)

@@ -1,0 +1,311 @@
+"""Subscriptions: a consumer of a group (at-least-once, acked) and a broadcast reader.
+
+A ``Subscription`` reads in batches with a blocking read that waits at most
+``poll_interval_s`` and returns as soon as a message lands. Every ``reclaim_every_s``
+it also takes over deliveries that some consumer of the group left unacknowledged for
+``ack_timeout_s`` (crashed, hung, or nacked), moving those that used up
+``max_attempts`` to the dead letters. Acks are gathered and sent with the next read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from mqctl.core.backend import Entry
+from mqctl.core.errors import ConfigError, InvalidMessage, SubscriptionClosed
+from mqctl.core.filters import Filter, Predicate, as_filter
+from mqctl.core.message import Message, decode
+
+if TYPE_CHECKING:
+    from mqctl.core.broker import Broker
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class Delivery:
+    """One delivery of a message to a consumer of a group."""
+
+    id: str
+    message: Message
+    attempt: int
+    topic: str
+    group: str
+    _subscription: Subscription = field(repr=False)
+    _settled: bool = field(default=False, repr=False)
+
+    async def ack(self) -> None:
+        """Acknowledge: the group is done with this message."""
+        if not self._settled:
+            self._settled = True
+            await self._subscription._ack(self.id)
+
+    async def nack(self, delay: float | None = None, *, reason: str = "nacked by the consumer") -> None:
+        """Give the message back for redelivery after ``delay`` seconds (default: the backoff
+        for this attempt, at most the subscription's ``ack_timeout``). On the last attempt
+        it goes to the dead letters with ``reason`` instead."""
+        if not self._settled:
+            self._settled = True
+            await self._subscription._nack(self, delay, reason)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{name} must be > 0, got {value!r}.")
+
+
+class _Reader:
+    """What group and broadcast readers share: a buffer, a filter and a prompt close."""
+
+    def __init__(self, broker: Broker, topic: str, filter: Predicate | None, poll_interval_s: float, batch: int):
+        _check_positive("poll_interval", poll_interval_s)
+        if not isinstance(batch, int) or batch < 1:
+            raise ConfigError(f"batch must be a positive integer, got {batch!r}.")
+        self.broker = broker
+        self.topic = topic
+        self.filter: Filter = as_filter(filter)
+        self.poll_interval_s = poll_interval_s
+        self.batch = batch
+        self._buffer: deque[Entry] = deque()
+        self._fetch: asyncio.Task[None] | None = None
+        self._opened = False
+        self._closed = False
+
+    async def _open(self) -> None:
+        """Prepare the reader (create the group...)."""
+
+    async def _fill(self) -> None:
+        """Put entries in the buffer, waiting at most one poll interval."""
+        raise NotImplementedError
+
+    async def __aenter__(self) -> _Reader:
+        await self._ensure_open()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _ensure_open(self) -> None:
+        if self._closed:
+            raise SubscriptionClosed(f"The subscription to {self.topic!r} is closed.")
+        if not self._opened:
+            await self._open()
+            self._opened = True
+            self.broker._subscriptions.add(self)  # type: ignore[arg-type]
+
+    async def _next_entry(self) -> Entry:
+        await self._ensure_open()
+        while not self._buffer:
+            if self._closed:
+                raise StopAsyncIteration
+            # The read runs as its own task so that aclose() from anywhere can cut it short.
+            self._fetch = asyncio.ensure_future(self._fill())
+            try:
+                await self._fetch
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise StopAsyncIteration from None
+                raise
+            finally:
+                self._fetch = None
+        return self._buffer.popleft()
+
+    def _decode(self, entry: Entry) -> Message | None:
+        try:
+            return decode(entry.payload)
+        except InvalidMessage:
+            return None
+
+    async def aclose(self) -> None:
+        """Stop reading. Returns at once, cutting short a blocking read in progress."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._fetch is not None:
+            self._fetch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._fetch
+        self.broker._subscriptions.discard(self)  # type: ignore[arg-type]
+
+
+class Subscription(_Reader):
+    """One consumer of a group on a topic. Iterate it for ``Delivery`` objects."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        topic: str,
+        group: str,
+        consumer: str,
+        filter: Predicate | None,
+        poll_interval_s: float,
+        batch: int,
+        ack_timeout_s: float,
+        max_attempts: int,
+        from_start: bool,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(broker, topic, filter, poll_interval_s, batch)
+        _check_positive("ack_timeout", ack_timeout_s)
+        if not isinstance(max_attempts, int) or max_attempts < 1:
+            raise ConfigError(f"max_attempts must be a positive integer, got {max_attempts!r}.")
+        self.group = group
+        self.consumer = consumer
+        self.ack_timeout_s = ack_timeout_s
+        self.max_attempts = max_attempts
+        self.from_start = from_start
+        # Reclaim often enough that an expired delivery waits at most a quarter of its timeout.
+        self.reclaim_every_s = min(poll_interval_s, ack_timeout_s / 4)
+        self._clock = clock
+        self._next_reclaim = 0.0
+        self._acks: list[str] = []
+        self._outstanding: set[str] = set()
+
+    async def _open(self) -> None:
+        await self.broker.backend.create_group(self.topic, self.group, from_start=self.from_start)
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        backend = self.broker.backend
+        while True:
+            entry = await self._next_entry()
+            message = self._decode(entry)
+            if message is None:
+                await backend.dead_letter(
+                    self.topic, self.group, entry.id, reason="not a mqctl message (cannot decode)",
+                    attempts=entry.attempt,
+                )
+                continue
+            if not self.filter(message):
+                self._acks.append(entry.id)  # filtered out: done for this group only
+                continue
+            self._outstanding.add(entry.id)
+            return Delivery(entry.id, message, entry.attempt, self.topic, self.group, self)
+
+    async def _fill(self) -> None:
+        backend = self.broker.backend
+        await self._flush_acks()
+        now = self._clock()
+        if now >= self._next_reclaim:
+            self._next_reclaim = now + self.reclaim_every_s
+            claimed, dead = await backend.reclaim(
+                self.topic, self.group, self.consumer,
+                min_idle_s=self.ack_timeout_s, count=self.batch, max_attempts=self.max_attempts,
+                reason=f"not acknowledged after {self.max_attempts} deliveries "
+                f"(ack_timeout {self.ack_timeout_s:g} s)",
+            )
+            if dead:
+                log.warning("%d message(s) of %r moved to the dead letters for group %r", dead, self.topic, self.group)
+            if claimed:
+                self._buffer.extend(claimed)
+                return
+        block_s = max(0.001, min(self.poll_interval_s, self._next_reclaim - now))
+        self._buffer.extend(
+            await backend.read_group(self.topic, self.group, self.consumer, count=self.batch, block_s=block_s)
+        )
+
+    async def _flush_acks(self) -> None:
+        if self._acks:
+            ids, self._acks = self._acks, []
+            await self.broker.backend.ack(self.topic, self.group, ids)
+
+    async def _ack(self, entry_id: str) -> None:
+        self._outstanding.discard(entry_id)
+        if self._closed or self._fetch is not None:
+            # No read is coming soon to carry the ack: send it now.
+            await self.broker.backend.ack(self.topic, self.group, [entry_id])
+            return
+        self._acks.append(entry_id)
+        if len(self._acks) >= self.batch:
+            await self._flush_acks()
+
+    async def _nack(self, delivery: Delivery, delay_s: float | None, reason: str) -> None:
+        self._outstanding.discard(delivery.id)
+        backend = self.broker.backend
+        if delivery.attempt >= self.max_attempts:
+            await backend.dead_letter(
+                self.topic, self.group, delivery.id,
+                reason=f"{reason} (attempt {delivery.attempt} of {self.max_attempts})", attempts=delivery.attempt,
+            )
+            return
+        if delay_s is None:
+            delay_s = self.broker.options.redelivery.delay_s(delivery.attempt)
+        ready_in_s = min(max(delay_s, 0.0), self.ack_timeout_s)
+        await backend.release(
+            self.topic, self.group, self.consumer, [delivery.id],
+            ready_in_s=ready_in_s, min_idle_s=self.ack_timeout_s,
+        )
+        self._next_reclaim = min(self._next_reclaim, self._clock() + ready_in_s)
+
+    async def aclose(self) -> None:
+        """Stop consuming: send gathered acks and hand back what was read but not acknowledged,
+        so another consumer of the group gets it at once. Returns promptly."""
+        if self._closed:
+            return
+        await super().aclose()
+        backend = self.broker.backend
+        unsettled = [e.id for e in self._buffer] + sorted(self._outstanding)
+        self._buffer.clear()
+        self._outstanding.clear()
+        try:
+            await self._flush_acks()
+            if unsettled:
+                await backend.release(
+                    self.topic, self.group, self.consumer, unsettled,
+                    ready_in_s=0.0, min_idle_s=self.ack_timeout_s,
+                )
+        except Exception as exc:  # the broker is gone: the ack timeout will hand them back
+            log.warning("Could not settle %d deliveries of %r on close: %s", len(unsettled), self.topic, exc)
+
+
+class Broadcast(_Reader):
+    """Every message of a topic, live, for one reader; no group, no acks.
+
+    Iterate it for ``(id, message)`` pairs. ``last_id`` resumes after a message seen before.
+    """
+
+    def __init__(
+        self,
+        broker: Broker,
+        *,
+        topic: str,
+        last_id: str | None,
+        filter: Predicate | None,
+        poll_interval_s: float,
+        batch: int,
+    ) -> None:
+        super().__init__(broker, topic, filter, poll_interval_s, batch)
+        self.last_id = last_id
+
+    async def _open(self) -> None:
+        if self.last_id is None:
+            self.last_id = await self.broker.backend.last_id(self.topic)
+
+    def __aiter__(self) -> Broadcast:
+        return self
+
+    async def __anext__(self) -> tuple[str, Message]:
+        while True:
+            entry = await self._next_entry()
+            self.last_id = entry.id
+            message = self._decode(entry)
+            if message is not None and self.filter(message):
+                return entry.id, message
+
+    async def _fill(self) -> None:
+        assert self.last_id is not None  # set by _open
+        self._buffer.extend(
+            await self.broker.backend.read_after(
+                self.topic, self.last_id, count=self.batch, block_s=self.poll_interval_s
+            )
+        )
