@@ -1,0 +1,340 @@
+"""The Redis Streams backend (``redis://``, ``rediss://``).
+
+A topic is a stream, a group is a consumer group: XADD, XREADGROUP with BLOCK, XACK,
+XPENDING + XCLAIM for reclaim, delivery counts for dead-lettering. What must be atomic
+(capacity check + add, idempotency + add, dead-lettering) runs as a Lua script; see
+``scripts.py``. Keys come from ``keyspace.py``. Needs Redis >= 7.0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis.asyncio as aioredis
+import redis.exceptions as rex
+
+from mqctl.backends import scripts
+from mqctl.backends.keyspace import DEFAULT_PREFIX, Keyspace
+from mqctl.core.backend import DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
+from mqctl.core.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError, QueueFull
+
+log = logging.getLogger(__name__)
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced, for messages and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class RedisBackend:
+    """Topics on one Redis server. See ``mqctl.core.backend.Backend``."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        display_url: str = "redis",
+        command_timeout_s: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.keys = Keyspace(prefix)
+        self.display_url = display_url
+        self.command_timeout_s = command_timeout_s
+        self._add = client.register_script(scripts.ADD)
+        self._reclaim = client.register_script(scripts.RECLAIM)
+        self._dead_letter = client.register_script(scripts.DEAD_LETTER)
+        self._registered: set[str] = set()
+
+    @contextlib.asynccontextmanager
+    async def _errors(self, timeout_s: float | None = None) -> AsyncIterator[None]:
+        """Turn redis-py's errors into mqctl's, and bound the call in time."""
+        try:
+            async with asyncio.timeout(timeout_s or self.command_timeout_s):
+                yield
+        except TimeoutError as exc:
+            raise BrokerUnavailable(
+                f"Redis at {self.display_url} did not answer within {timeout_s or self.command_timeout_s:g} s."
+            ) from exc
+        except rex.AuthenticationError as exc:
+            raise BrokerUnavailable(
+                f"Redis at {self.display_url} refused the credentials: {exc}. Check the user and password in the URL."
+            ) from exc
+        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"Cannot reach Redis at {self.display_url}: {exc}.") from exc
+        except rex.ResponseError as exc:
+            text = str(exc)
+            if text.startswith("OOM"):
+                raise BrokerOutOfMemory(
+                    f"Redis at {self.display_url} is out of memory and refuses writes ({text}); "
+                    "free memory or raise maxmemory, then retry."
+                ) from exc
+            if text.startswith(("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")):
+                raise BrokerUnavailable(f"Redis at {self.display_url} cannot take writes now: {text}.") from exc
+            raise
+
+    # -- publishing ---------------------------------------------------------------
+
+    async def add(
+        self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits
+    ) -> list[list[str] | QueueFull]:
+        keys = [self.keys.stream(topic), self.keys.created(topic)]
+        args: list[Any] = [
+            -1 if limits.max_backlog is None else limits.max_backlog,
+            limits.retention,
+            max(1, int(limits.idempotency_window_s * 1000)),
+            limits.default_group or "",
+            len(units),
+        ]
+        for unit in units:
+            args.append(len(unit))
+            for message in unit:
+                if message.idempotency_key is None:
+                    args.append(0)
+                else:
+                    keys.append(self.keys.idempotency(topic, message.idempotency_key))
+                    args.append(len(keys))
+                args.append(message.payload)
+        async with self._errors():
+            if topic not in self._registered:
+                await self.client.sadd(self.keys.topics(), topic)
+                self._registered.add(topic)
+            reply = await self._add(keys=keys, args=args)
+        results: list[list[str] | QueueFull] = []
+        for item in reply:
+            if item and item[0] == b"FULL":
+                results.append(QueueFull(topic, int(item[1]), limits.max_backlog or 0))
+            else:
+                results.append([_text(i) for i in item])
+        return results
+
+    # -- groups -------------------------------------------------------------------
+
+    async def create_group(self, topic: str, group: str, *, from_start: bool) -> bool:
+        async with self._errors():
+            try:
+                await self.client.xgroup_create(self.keys.stream(topic), group, id="0" if from_start else "$", mkstream=True)
+            except rex.ResponseError as exc:
+                if "BUSYGROUP" in str(exc):
+                    return False
+                raise
+        return True
+
+    async def read_group(
+        self, topic: str, group: str, consumer: str, *, count: int, block_s: float
+    ) -> list[Entry]:
+        stream = self.keys.stream(topic)
+        block_ms = max(1, int(block_s * 1000))
+        async with self._errors(block_s + self.command_timeout_s):
+            try:
+                reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+            except rex.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                log.warning("Group %r of topic %r was missing; recreating it from now on.", group, topic)
+                await self.create_group(topic, group, from_start=False)
+                return []
+        if not reply:
+            return []
+        return [Entry(_text(entry_id), fields.get(b"m", b""), 1) for entry_id, fields in reply[0][1]]
+
+    async def reclaim(
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        *,
+        min_idle_s: float,
+        count: int,
+        max_attempts: int,
+        reason: str,
+    ) -> tuple[list[Entry], int]:
+        async with self._errors():
+            try:
+                reply = await self._reclaim(
+                    keys=[self.keys.stream(topic), self.keys.dead(topic)],
+                    args=[group, consumer, int(min_idle_s * 1000), count, max_attempts, reason],
+                )
+            except rex.ResponseError as exc:
+                if "NOGROUP" in str(exc) or "no such key" in str(exc):
+                    return [], 0
+                raise
+        entries = [
+            Entry(_text(reply[i]), reply[i + 1], int(reply[i + 2])) for i in range(1, len(reply), 3)
+        ]
+        return entries, int(reply[0])
+
+    async def ack(self, topic: str, group: str, ids: Sequence[str]) -> int:
+        if not ids:
+            return 0
+        async with self._errors():
+            return int(await self.client.xack(self.keys.stream(topic), group, *ids))
+
+    async def release(
+        self, topic: str, group: str, consumer: str, ids: Sequence[str], *, ready_in_s: float, min_idle_s: float
+    ) -> None:
+        if not ids:
+            return
+        idle_ms = max(0, int((min_idle_s - ready_in_s) * 1000))
+        async with self._errors():
+            # XCLAIM with JUSTID keeps the delivery count; IDLE backdates the last delivery.
+            await self.client.xclaim(
+                self.keys.stream(topic), group, consumer, 0, list(ids), idle=idle_ms, justid=True
+            )
+
+    async def dead_letter(self, topic: str, group: str, entry_id: str, *, reason: str, attempts: int) -> bool:
+        async with self._errors():
+            done = await self._dead_letter(
+                keys=[self.keys.stream(topic), self.keys.dead(topic)], args=[group, entry_id, reason, attempts]
+            )
+        return bool(done)
+
+    # -- broadcast ----------------------------------------------------------------
+
+    async def read_after(self, topic: str, after_id: str, *, count: int, block_s: float) -> list[Entry]:
+        block_ms = max(1, int(block_s * 1000))
+        async with self._errors(block_s + self.command_timeout_s):
+            reply = await self.client.xread({self.keys.stream(topic): after_id}, count=count, block=block_ms)
+        if not reply:
+            return []
+        return [Entry(_text(entry_id), fields.get(b"m", b"")) for entry_id, fields in reply[0][1]]
+
+    async def last_id(self, topic: str) -> str:
+        async with self._errors():
+            reply = await self.client.xrevrange(self.keys.stream(topic), count=1)
+        return _text(reply[0][0]) if reply else "0-0"
+
+    # -- operating ----------------------------------------------------------------
+
+    async def stats(self, topic: str) -> TopicStats:
+        stream = self.keys.stream(topic)
+        async with self._errors():
+            dead = int(await self.client.xlen(self.keys.dead(topic)))
+            try:
+                info = await self.client.xinfo_stream(stream)
+                groups = await self.client.xinfo_groups(stream)
+            except rex.ResponseError as exc:
+                if "no such key" not in str(exc):
+                    raise
+                return TopicStats(topic=topic, length=0, dead_letters=dead)
+            now_ms = time.time() * 1000
+            group_stats = []
+            for g in groups:
+                name = _text(g["name"])
+                pending = int(g["pending"])
+                last_delivered = _text(g["last-delivered-id"])
+                lag = g.get("lag")
+                if lag is None:  # unknown after deletions by hand: count (bounded)
+                    lag = len(await self.client.xrange(stream, min=f"({last_delivered}", count=100_000))
+                oldest_age = None
+                if pending:
+                    summary = await self.client.xpending(stream, name)
+                    oldest = _text(summary["min"])
+                    oldest_age = max(0.0, (now_ms - int(oldest.split("-")[0])) / 1000)
+                group_stats.append(
+                    GroupStats(
+                        name=name,
+                        backlog=int(lag) + pending,
+                        lag=int(lag),
+                        pending=pending,
+                        consumers=int(g["consumers"]),
+                        oldest_pending_age_s=oldest_age,
+                        last_delivered_id=last_delivered,
+                    )
+                )
+        first = info.get("first-entry")
+        last = info.get("last-entry")
+        return TopicStats(
+            topic=topic,
+            length=int(info["length"]),
+            dead_letters=dead,
+            groups=tuple(sorted(group_stats, key=lambda g: g.name)),
+            last_id=_text(last[0]) if last else "0-0",
+            first_id=_text(first[0]) if first else None,
+        )
+
+    async def topics(self) -> list[str]:
+        async with self._errors():
+            return sorted(_text(t) for t in await self.client.smembers(self.keys.topics()))
+
+    async def dead_letters(self, topic: str, *, count: int, after: str) -> list[DeadLetter]:
+        start = "-" if after in ("-", "0", "0-0") else f"({after}"
+        async with self._errors():
+            reply = await self.client.xrange(self.keys.dead(topic), min=start, count=count)
+        letters = []
+        for entry_id, f in reply:
+            dead_id = _text(entry_id)
+            letters.append(
+                DeadLetter(
+                    id=dead_id,
+                    original_id=_text(f.get(b"id", b"")),
+                    payload=f.get(b"m", b""),
+                    group=_text(f.get(b"group", b"")),
+                    reason=_text(f.get(b"reason", b"")),
+                    attempts=int(f.get(b"attempts", 0)),
+                    dead_at_ms=int(dead_id.split("-")[0]),
+                )
+            )
+        return letters
+
+    async def remove_dead_letters(self, topic: str, ids: Sequence[str] | None) -> int:
+        key = self.keys.dead(topic)
+        async with self._errors():
+            if ids is None:
+                count = int(await self.client.xlen(key))
+                await self.client.delete(key)
+                return count
+            if not ids:
+                return 0
+            return int(await self.client.xdel(key, *ids))
+
+    async def ping(self) -> None:
+        async with self._errors():
+            await self.client.ping()
+
+    async def aclose(self) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.aclose()
+
+
+def from_url(
+    url: str,
+    *,
+    prefix: str = DEFAULT_PREFIX,
+    max_connections: int = 1000,
+    connect_timeout_s: float = 2.0,
+    command_timeout_s: float = 5.0,
+    **redis_options: Any,
+) -> RedisBackend:
+    """``redis://[user:password@]host:port/db`` or ``rediss://...`` (TLS).
+
+    ``prefix`` namespaces every key (so tests and tenants can share one Redis); other
+    keyword options go to ``redis.asyncio.Redis.from_url``.
+    """
+    if not prefix or "{" in prefix or "}" in prefix:
+        raise ConfigError(f"Invalid key prefix {prefix!r}: use a non-empty name without braces.")
+    try:
+        client = aioredis.Redis.from_url(
+            url,
+            max_connections=max_connections,
+            socket_connect_timeout=connect_timeout_s,
+            health_check_interval=30,
+            **redis_options,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"Invalid Redis URL {redact(url)!r}: {exc}.") from exc
+    return RedisBackend(client, prefix=prefix, display_url=redact(url), command_timeout_s=command_timeout_s)
