@@ -12,6 +12,7 @@ from mqctl.core.errors import (
     MQError,
     PublishTimeout,
     QueueFull,
+    ServiceError,
     SubscriptionClosed,
     UnknownMessage,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "PublishTimeout",
     "QueueFull",
     "RetryPolicy",
+    "ServiceError",
     "Subscription",
     "SubscriptionClosed",
     "TopicStats",

@@ -1,20 +1,421 @@
-"""The ``mqctl`` command line: thin Typer shells over the library and the services."""
+"""The ``mqctl`` command line: thin Typer shells over the library, the services and the clients.
+
+Each command parses its options, calls one library coroutine with ``asyncio.run`` and
+formats the result with Rich. An ``MQError`` becomes one line on stderr and exit code 1.
+Heavy imports (uvicorn, the services) happen inside the commands that need them.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import sys
+from collections.abc import Coroutine
+from typing import Annotated, Any, TypeVar
+
 import typer
+from rich.console import Console
+
+from mqctl.core.errors import MQError
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="mqctl",
-    help="mqctl: an asynchronous message queue (memory or Redis Streams), its services and tools.",
+    help="mqctl: an asynchronous message queue (memory or Redis Streams), its two services and its tools.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 
+out = Console()
+err = Console(stderr=True)
 
-@app.callback()
-def _root() -> None:
-    """mqctl: an asynchronous message queue (memory or Redis Streams), its services and tools."""
+# -- shared options -------------------------------------------------------------
+
+BrokerOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        help="Broker URL: memory://, redis://[user:password@]host:port/db or rediss://...",
+        show_default="redis://127.0.0.1:6379/0, env MQCTL_BROKER_URL",
+    ),
+]
+HostOpt = Annotated[str, typer.Option("--host", help="Address to bind; 0.0.0.0 exposes the service to the network.")]
+MaxBacklogOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--max-backlog",
+        min=1,
+        help="Refuse publishes once this many messages wait unacknowledged (the queue's capacity).",
+        show_default="100000, env MQCTL_MAX_BACKLOG",
+    ),
+]
+LogLevelOpt = Annotated[
+    str | None,
+    typer.Option("--log-level", help="debug, info, warning or error.", show_default="info, env MQCTL_LOG_LEVEL"),
+]
+TopicOpt = Annotated[
+    str | None,
+    typer.Option("--topic", help="Topic to use.", show_default="messages, env MQCTL_TOPIC"),
+]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--token", help="Bearer token for the services, if they require one.", envvar="MQCTL_TOKEN", show_default="none"
+    ),
+]
+
+
+def _settings(**overrides: Any) -> Any:
+    """Settings from MQCTL_* variables, with the flags that were given on top."""
+    from pydantic import ValidationError
+
+    from mqctl.config import Settings
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        err.print(f"[red]error:[/red] invalid setting: {problems}")
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    """Run one library coroutine; an MQError becomes one line on stderr and exit code 1."""
+    try:
+        return asyncio.run(coro)
+    except MQError as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+
+
+# -- services ---------------------------------------------------------------------
+
+
+@app.command("serve-a")
+def serve_a(
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8002,
+    host: HostOpt = "127.0.0.1",
+    broker: BrokerOpt = None,
+    max_backlog: MaxBacklogOpt = None,
+    topic: TopicOpt = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run Service A: REST ingest (POST /messages), Swagger UI at /docs."""
+    from mqctl.services.ingest import create_app
+    from mqctl.services.server import Endpoint, serve
+
+    settings = _settings(broker_url=broker, max_backlog=max_backlog, topic=topic, log_level=log_level)
+    _setup_logging(settings.log_level)
+    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level))
+
+
+@app.command("serve-b")
+def serve_b(
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8003,
+    host: HostOpt = "127.0.0.1",
+    broker: BrokerOpt = None,
+    max_backlog: MaxBacklogOpt = None,
+    topic: TopicOpt = None,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(
+            "--poll-interval",
+            min=0.01,
+            help="Poll cycle in seconds: the longest blocking read (it wakes at once when a message lands).",
+            show_default="2.0, env MQCTL_POLL_INTERVAL_S",
+        ),
+    ] = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run Service B: WebSocket delivery at /ws, a live viewer page at /."""
+    from mqctl.services.delivery import create_app
+    from mqctl.services.server import Endpoint, serve
+
+    settings = _settings(
+        broker_url=broker, max_backlog=max_backlog, topic=topic, poll_interval_s=poll_interval, log_level=log_level
+    )
+    _setup_logging(settings.log_level)
+    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level))
+
+
+async def _reachable(url: str, timeout_s: float) -> bool:
+    from mqctl.connect import open_broker
+
+    broker = open_broker(url)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await broker.ping()
+        return True
+    except (MQError, TimeoutError):
+        return False
+    finally:
+        await broker.aclose()
+
+
+@app.command()
+def up(
+    port_a: Annotated[int, typer.Option("--port-a", help="Service A's port.")] = 8002,
+    port_b: Annotated[int, typer.Option("--port-b", help="Service B's port.")] = 8003,
+    host: HostOpt = "127.0.0.1",
+    broker: Annotated[
+        str | None,
+        typer.Option(
+            "--broker",
+            help="Broker URL. Unset: Redis at 127.0.0.1:6379 if it answers, else the embedded memory:// broker.",
+            show_default="env MQCTL_BROKER_URL",
+        ),
+    ] = None,
+    max_backlog: MaxBacklogOpt = None,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option("--poll-interval", min=0.01, help="Service B's poll cycle in seconds.", show_default="2.0"),
+    ] = None,
+    log_level: LogLevelOpt = None,
+) -> None:
+    """Run Service A and Service B together in one process (the quickest way to try mqctl)."""
+    import os
+
+    from mqctl.config import DEFAULT_BROKER_URL
+
+    explicit = broker or os.environ.get("MQCTL_BROKER_URL")
+    if explicit is None and not asyncio.run(_reachable(DEFAULT_BROKER_URL, 1.0)):
+        broker = "memory://"
+        err.print(
+            f"[yellow]No Redis answered at {DEFAULT_BROKER_URL}; running on the embedded memory:// broker "
+            "(messages live only as long as this process).[/yellow]"
+        )
+    settings = _settings(broker_url=broker, max_backlog=max_backlog, poll_interval_s=poll_interval, log_level=log_level)
+    _setup_logging(settings.log_level)
+    _run(_up(settings, host, port_a, port_b))
+
+
+async def _up(settings: Any, host: str, port_a: int, port_b: int) -> None:
+    from mqctl.connect import open_broker
+    from mqctl.services import delivery, ingest
+    from mqctl.services.server import Endpoint, serve
+
+    broker = open_broker(
+        settings.broker_url,
+        max_backlog=settings.max_backlog,
+        max_message_bytes=settings.max_message_bytes,
+        retention=settings.retention,
+        publish_timeout_s=settings.publish_timeout_s,
+    )
+    started = asyncio.Event()
+
+    async def announce() -> None:
+        await started.wait()
+        err.print(
+            f"[green]mqctl is up[/green] on {broker.url.split('@')[-1]}: "
+            f"Service A http://{host}:{port_a}/docs, Service B ws://{host}:{port_b}/ws "
+            f"(viewer http://{host}:{port_b}/). Ctrl+C stops both."
+        )
+
+    announcer = asyncio.create_task(announce())
+    try:
+        await serve(
+            [
+                Endpoint(ingest.create_app(settings, broker=broker), host, port_a),
+                Endpoint(delivery.create_app(settings, broker=broker), host, port_b),
+            ],
+            log_level=settings.log_level,
+            started=started,
+        )
+    finally:
+        announcer.cancel()
+        await broker.aclose()
+
+
+# -- clients ----------------------------------------------------------------------
+
+
+def _parse_headers(values: list[str] | None) -> dict[str, str]:
+    headers = {}
+    for item in values or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"Header {item!r} is not NAME=VALUE.", param_hint="--header")
+        headers[name] = value
+    return headers
+
+
+@app.command()
+def publish(
+    content: Annotated[str | None, typer.Argument(help="The message content (a string; see --json-content).")] = None,
+    type_: Annotated[str, typer.Option("--type", "-t", help="The message type.")] = "note",
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="A header NAME=VALUE; repeat for more.")
+    ] = None,
+    topic: Annotated[str | None, typer.Option("--topic", help="Topic (Service A's default when unset).")] = None,
+    json_content: Annotated[
+        bool, typer.Option("--json-content", help="Parse CONTENT as JSON instead of sending it as a string.")
+    ] = False,
+    count: Annotated[int, typer.Option("--count", "-n", min=1, help="Send the message this many times.")] = 1,
+    file: Annotated[
+        str | None,
+        typer.Option(
+            "--file", "-f", help="Send each line of this JSON-lines file ({type, content, headers}); - reads stdin."
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option("--concurrency", min=1, help="Requests in flight at once.")] = 16,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option("--idempotency-key", help="Store the message once even if this command is repeated."),
+    ] = None,
+    url: Annotated[
+        str, typer.Option("--url", envvar="MQCTL_A_URL", help="Service A's base URL.")
+    ] = "http://127.0.0.1:8002",
+    token: TokenOpt = None,
+) -> None:
+    """Client A: publish messages through Service A and print their ids."""
+    import json
+
+    if file is None and content is None:
+        raise typer.BadParameter("Give CONTENT or --file.", param_hint="CONTENT")
+    headers = _parse_headers(header)
+    messages: list[dict[str, Any]] = []
+    if file is not None:
+        stream = sys.stdin if file == "-" else open(file, encoding="utf-8")  # noqa: SIM115
+        with stream:
+            for number, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    err.print(f"[red]error:[/red] {file}:{number}: not JSON ({exc.msg}).")
+                    raise typer.Exit(2) from None
+                if not isinstance(item, dict):
+                    err.print(f"[red]error:[/red] {file}:{number}: each line must be a JSON object.")
+                    raise typer.Exit(2)
+                messages.append(item)
+    else:
+        body: Any = content
+        if json_content:
+            try:
+                body = json.loads(content or "")
+            except json.JSONDecodeError as exc:
+                raise typer.BadParameter(f"Not JSON: {exc.msg}.", param_hint="CONTENT") from None
+        messages = [{"type": type_, "content": body, "headers": headers}] * count
+    ids = _run(_publish(url, token, topic, messages, concurrency, idempotency_key))
+    for message_id in ids:
+        out.print(message_id, highlight=False)
+
+
+async def _publish(
+    url: str, token: str | None, topic: str | None, messages: list[dict[str, Any]], concurrency: int, key: str | None
+) -> list[str]:
+    from rich.progress import Progress
+
+    from mqctl.clients.publisher import Publisher
+
+    ids: list[str] = [""] * len(messages)
+    queue = iter(enumerate(messages))
+    async with Publisher(url, token=token, max_connections=concurrency) as publisher:
+        with Progress(console=err, transient=True, disable=len(messages) < 2) as progress:
+            task = progress.add_task("publishing", total=len(messages))
+
+            async def worker() -> None:
+                for index, m in queue:
+                    ids[index] = await publisher.publish(
+                        m.get("type", ""),
+                        m.get("content"),
+                        headers=m.get("headers"),
+                        topic=topic,
+                        idempotency_key=key,
+                    )
+                    progress.advance(task)
+
+            await asyncio.gather(*(worker() for _ in range(min(concurrency, len(messages)))))
+    return ids
+
+
+@app.command()
+def listen(
+    url: Annotated[
+        str, typer.Option("--url", envvar="MQCTL_B_URL", help="Service B's WebSocket URL.")
+    ] = "ws://127.0.0.1:8003/ws",
+    topic: Annotated[str | None, typer.Option("--topic", help="Topic (Service B's default when unset).")] = None,
+    type_: Annotated[
+        list[str] | None, typer.Option("--type", "-t", help="Only messages of this type; repeat for more.")
+    ] = None,
+    header: Annotated[
+        list[str] | None, typer.Option("--header", "-H", help="Only messages with header NAME or NAME:VALUE.")
+    ] = None,
+    group: Annotated[
+        str | None, typer.Option("--group", "-g", help="Consumer group to join (Service B's default when unset).")
+    ] = None,
+    broadcast: Annotated[
+        bool, typer.Option("--broadcast", help="Receive every message live instead of sharing a group's.")
+    ] = False,
+    count: Annotated[int | None, typer.Option("--count", "-n", min=1, help="Exit after this many messages.")] = None,
+    timeout: Annotated[
+        float | None, typer.Option("--timeout", min=0.0, help="Exit after this many seconds (1 if --count unmet).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object a line.")] = False,
+    token: TokenOpt = None,
+) -> None:
+    """Client B: receive messages from Service B over WebSocket, print and acknowledge each."""
+    received = _run(_listen(url, topic, type_ or [], header or [], group, broadcast, count, timeout, as_json, token))
+    if count is not None and received < count:
+        err.print(f"[yellow]Received {received} of {count} messages before the timeout.[/yellow]")
+        raise typer.Exit(1)
+
+
+async def _listen(
+    url: str,
+    topic: str | None,
+    types: list[str],
+    headers: list[str],
+    group: str | None,
+    broadcast: bool,
+    count: int | None,
+    timeout_s: float | None,
+    as_json: bool,
+    token: str | None,
+) -> int:
+    import orjson
+
+    from mqctl.clients.listener import Listener
+
+    received = 0
+    listener = Listener(url, topic=topic, types=types, headers=headers, group=group, broadcast=broadcast, token=token)
+    try:
+        async with asyncio.timeout(timeout_s), listener:
+            if not as_json:
+                err.print(f"[dim]Listening on {url} ({'broadcast' if broadcast else 'group'}); Ctrl+C stops.[/dim]")
+            async for frame in listener:
+                if as_json:
+                    sys.stdout.write(orjson.dumps(frame).decode() + "\n")
+                    sys.stdout.flush()
+                else:
+                    content = frame.get("content")
+                    shown = content if isinstance(content, str) else orjson.dumps(content).decode()
+                    out.print(
+                        f"[bold]{frame['type']}[/bold] [dim]{frame['id']} (attempt {frame.get('attempt', 1)})[/dim] "
+                        f"{shown}",
+                        highlight=False,
+                    )
+                await listener.ack(frame)
+                received += 1
+                if count is not None and received >= count:
+                    break
+    except TimeoutError:
+        pass
+    return received
 
 
 @app.command()
@@ -22,7 +423,7 @@ def version() -> None:
     """Print mqctl's version."""
     from mqctl import __version__
 
-    typer.echo(__version__)
+    out.print(__version__)
 
 
 def main() -> None:

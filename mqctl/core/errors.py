@@ -9,7 +9,8 @@
     │   ├── PublishTimeout       the publish deadline passed before the broker answered
     │   └── BrokerOutOfMemory    the broker refuses writes (Redis maxmemory + noeviction)
     ├── UnknownMessage           an id that is not pending / not a dead letter
-    └── SubscriptionClosed       iterating or acking on a closed subscription
+    ├── SubscriptionClosed       iterating or acking on a closed subscription
+    └── ServiceError             Service A or B answered with an error (the clients)
 
 Messages are sentences a person can act on. ``retry_after_s`` on the capacity and
 availability errors tells an HTTP layer what to put in ``Retry-After``.
@@ -80,3 +81,14 @@ class UnknownMessage(MQError, KeyError):
 
 class SubscriptionClosed(MQError):
     """The subscription was closed; open a new one to go on consuming."""
+
+
+class ServiceError(MQError):
+    """A service answered with an error; ``status`` and ``code`` say which."""
+
+    def __init__(self, status: int, code: str, detail: str, retry_after_s: float | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.retry_after_s = retry_after_s
+        super().__init__(f"The service answered {status} {code}: {detail}")

@@ -1,0 +1,155 @@
+"""Client B: receives messages from Service B over WebSocket, acks them, reconnects by itself.
+
+    async with Listener("ws://127.0.0.1:8003/ws", types=["note"]) as listener:
+        async for frame in listener:
+            print(frame["content"])
+            await listener.ack(frame)
+
+A reconnect resumes: in a group, unacknowledged messages come back (attempt + 1); in
+broadcast mode the listener sends the last id it saw and gets everything since.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode
+
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+
+from mqctl.core.errors import BrokerUnavailable, ServiceError
+from mqctl.core.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_B_URL = "ws://127.0.0.1:8003/ws"
+
+# Closes that reconnecting would not mend: policy violation (bad parameters, auth), too big.
+_FINAL_CLOSE_CODES = {1008, 1009}
+
+
+class Listener:
+    """A WebSocket client of Service B that yields message frames (dicts)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_B_URL,
+        *,
+        topic: str | None = None,
+        types: Sequence[str] = (),
+        headers: Sequence[str] = (),
+        group: str | None = None,
+        broadcast: bool = False,
+        auto_ack: bool = False,
+        last_id: str | None = None,
+        token: str | None = None,
+        reconnect: RetryPolicy | None = None,
+        max_reconnects: int | None = None,
+    ) -> None:
+        self.base_url = url
+        self.params: dict[str, Any] = {"mode": "broadcast" if broadcast else "group"}
+        if topic:
+            self.params["topic"] = topic
+        if types:
+            self.params["type"] = list(types)
+        if headers:
+            self.params["header"] = list(headers)
+        if group and not broadcast:
+            self.params["group"] = group
+        if auto_ack:
+            self.params["auto_ack"] = "true"
+        self.broadcast = broadcast
+        self.last_id = last_id
+        self.token = token
+        self.reconnect = reconnect or RetryPolicy(base_s=0.2, cap_s=5.0)
+        self.max_reconnects = max_reconnects
+        self.reconnects = 0
+        self.events: list[dict[str, Any]] = []
+        self._ws: ClientConnection | None = None
+        self._closed = False
+
+    def _url(self) -> str:
+        params = dict(self.params)
+        if self.broadcast and self.last_id:
+            params["last_id"] = self.last_id
+        if self.token:
+            params["token"] = self.token
+        return f"{self.base_url}?{urlencode(params, doseq=True)}"
+
+    async def _connect(self) -> ClientConnection:
+        failures = 0
+        while True:
+            try:
+                headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+                return await connect(self._url(), additional_headers=headers, max_size=2**24, open_timeout=5)
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if 400 <= status < 500:
+                    raise ServiceError(
+                        status, "handshake_refused", f"Service B refused the WebSocket: {status}."
+                    ) from exc
+                error: Exception = exc
+            except (OSError, InvalidHandshake, TimeoutError) as exc:
+                error = exc
+            failures += 1
+            if self.max_reconnects is not None and failures > self.max_reconnects:
+                raise BrokerUnavailable(f"Cannot reach Service B at {self.base_url}: {error}.") from error
+            wait = self.reconnect.delay_s(failures)
+            log.warning("Cannot reach Service B at %s (%s); retrying in %.1f s.", self.base_url, error, wait)
+            await asyncio.sleep(wait)
+
+    async def __aenter__(self) -> Listener:
+        self._ws = await self._connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> Listener:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        while not self._closed:
+            if self._ws is None:
+                self._ws = await self._connect()
+            try:
+                raw = await self._ws.recv()
+            except ConnectionClosed as exc:
+                self._ws = None
+                if self._closed:
+                    break
+                rcvd = exc.rcvd
+                if rcvd is not None and rcvd.code in _FINAL_CLOSE_CODES:
+                    raise ServiceError(rcvd.code, "closed", rcvd.reason or "Service B closed the connection.") from exc
+                self.reconnects += 1
+                log.warning("Service B closed the connection (%s); reconnecting.", rcvd or "no close frame")
+                continue
+            frame = orjson.loads(raw)
+            if not isinstance(frame, dict):
+                continue
+            if "id" in frame and "type" in frame:
+                self.last_id = frame["id"]
+                return frame
+            self.events.append(frame)  # subscribed / history_lost / error frames
+            if frame.get("event") == "history_lost" or "error" in frame:
+                log.warning("Service B: %s", frame.get("detail"))
+        raise StopAsyncIteration
+
+    async def ack(self, frame: Mapping[str, Any]) -> None:
+        """Acknowledge a frame's message (a no-op in broadcast mode)."""
+        if self.broadcast or self._ws is None:
+            return
+        try:
+            await self._ws.send(orjson.dumps({"ack": frame["id"]}).decode())
+        except ConnectionClosed:
+            pass  # not acked: the group redelivers it, as at-least-once allows
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._ws is not None:
+            await self._ws.close()
+            self._ws = None
