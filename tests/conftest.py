@@ -1,0 +1,152 @@
+"""The test rig: one Redis for the session, and a fresh broker per test on every backend.
+
+Tests that take ``broker_url`` (or ``connect_broker`` / ``broker``) run once per backend:
+``[memory]`` in a store of their own, ``[redis]`` under a key prefix of their own, whose
+keys are deleted afterwards (SCAN + DEL, never FLUSH: the server may be shared).
+
+Where the Redis comes from, first match wins:
+
+1. ``MQCTL_TEST_REDIS_URL`` if set (it must answer PING);
+2. ``redis://127.0.0.1:6379/0`` if it answers PING;
+3. a ``redis-server`` from PATH, started on a free loopback port for this session only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+import redis
+
+import mqctl
+
+LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
+HOW_TO_GET_REDIS = (
+    "Install redis-server (e.g. `apt-get install -y redis-server`) so the tests can start one, "
+    "start one on 127.0.0.1:6379, or set MQCTL_TEST_REDIS_URL=redis://HOST:PORT/DB. "
+    "To run only the memory backend's tests: pytest -m 'not redis'."
+)
+
+BrokerFactory = Callable[..., AbstractAsyncContextManager[mqctl.Broker]]
+
+
+def _answers_ping(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+    try:
+        return bool(client.ping())
+    except (redis.RedisError, OSError):
+        return False
+    finally:
+        client.close()
+
+
+def _free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The URL of a Redis for this session (see the module docstring for where it comes from)."""
+    from_env = os.environ.get("MQCTL_TEST_REDIS_URL")
+    if from_env:
+        if not _answers_ping(from_env):
+            pytest.fail(f"MQCTL_TEST_REDIS_URL={from_env!r} does not answer PING. {HOW_TO_GET_REDIS}")
+        yield from_env
+        return
+    if _answers_ping(LOCAL_REDIS_URL):
+        yield LOCAL_REDIS_URL
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.fail(f"No Redis answers at {LOCAL_REDIS_URL} and redis-server is not on PATH. {HOW_TO_GET_REDIS}")
+    port = _free_loopback_port()
+    workdir: Path = tmp_path_factory.mktemp("redis")
+    command = [server, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"]
+    command += ["--dir", str(workdir)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        deadline = time.monotonic() + 10
+        while not _answers_ping(url):
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    f"redis-server on port {port} did not start (exit code {process.poll()}). {HOW_TO_GET_REDIS}"
+                )
+            time.sleep(0.05)
+        yield url
+    finally:
+        _stop(process)
+
+
+class BrokerURL(NamedTuple):
+    """Where one test's broker lives: a backend name, its URL and (Redis only) a key prefix."""
+
+    backend: str
+    url: str
+    prefix: str | None
+
+
+def _delete_keys(url: str, prefix: str) -> None:
+    client = redis.Redis.from_url(url, socket_timeout=5)
+    try:
+        # The leading * also catches keys the backend might nest under a root of its own.
+        keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
+    """A broker URL with a store (memory) or key prefix (redis) that no other test uses."""
+    tag = uuid.uuid4().hex
+    if request.param == "memory":
+        yield BrokerURL("memory", f"memory://test-{tag}", None)
+        return
+    url: str = request.getfixturevalue("redis_url")
+    prefix = f"mqtest-{tag}"
+    try:
+        yield BrokerURL("redis", url, prefix)
+    finally:
+        _delete_keys(url, prefix)
+
+
+@pytest.fixture
+def connect_broker(broker_url: BrokerURL) -> BrokerFactory:
+    """A factory: ``async with connect_broker(**options) as broker`` on this test's backend."""
+
+    def connect(**options: Any) -> AbstractAsyncContextManager[mqctl.Broker]:
+        if broker_url.prefix is not None:
+            return mqctl.connect(broker_url.url, prefix=broker_url.prefix, **options)
+        return mqctl.connect(broker_url.url, **options)
+
+    return connect
+
+
+@pytest.fixture
+async def broker(connect_broker: BrokerFactory) -> AsyncIterator[mqctl.Broker]:
+    """A broker with the default options on this test's backend."""
+    async with connect_broker() as connected:
+        yield connected
