@@ -1,0 +1,129 @@
+"""The broker contract, dead letters: attempts run out, the message is set aside; replay and purge."""
+
+from __future__ import annotations
+
+import mqctl
+from mqctl.core.message import decode
+from tests.contract.consuming import Consumer, eventually, take
+
+FAST = {"poll_interval": 0.1, "ack_timeout": 0.5}
+
+
+async def nack_poison(delivery: mqctl.Delivery) -> None:
+    if delivery.message.type == "poison":
+        await delivery.nack(delay=0, reason="cannot parse")
+    else:
+        await delivery.ack()
+
+
+async def test_always_nacked_message_is_dead_lettered_after_max_attempts(broker: mqctl.Broker) -> None:
+    """A message nacked on every attempt goes to the dead letters after max_attempts; the others still flow."""
+    ids = await broker.publish_many(
+        "orders", [{"type": "ok", "content": 1}, {"type": "poison", "content": 2}, {"type": "ok", "content": 3}]
+    )
+
+    async with Consumer(broker.subscribe("orders", max_attempts=3, **FAST), nack_poison) as consumer:
+
+        async def buried() -> bool:
+            return (await broker.stats("orders")).dead_letters == 1
+
+        await eventually(buried, what="one dead letter")
+        await consumer.wait_for(5)
+
+    poison = [d for d in consumer.deliveries if d.message.type == "poison"]
+    assert [d.attempt for d in poison] == [1, 2, 3]
+    assert sorted(d.message.content for d in consumer.deliveries if d.message.type == "ok") == [1, 3]
+
+    (letter,) = await broker.dead_letters("orders")
+    assert letter.original_id == ids[1]
+    assert letter.attempts == 3
+    assert letter.group == "default"
+    assert "cannot parse" in letter.reason
+    assert decode(letter.payload) == mqctl.Message("poison", 2)
+    stats = await broker.stats("orders")
+    assert stats.dead_letters == 1
+    assert stats.backlog == 0, "a dead-lettered message must not stay pending"
+
+
+async def test_unacked_message_is_dead_lettered_after_max_attempts(broker: mqctl.Broker) -> None:
+    """A message never acked (ack_timeout runs out each time) is dead-lettered after max_attempts deliveries."""
+
+    async def ignore(delivery: mqctl.Delivery) -> None:
+        pass
+
+    entry_id = await broker.publish("orders", {"type": "slow"})
+
+    async with Consumer(broker.subscribe("orders", max_attempts=2, poll_interval=0.1, ack_timeout=0.3), ignore) as c:
+
+        async def buried() -> bool:
+            return (await broker.stats("orders")).dead_letters == 1
+
+        await eventually(buried, what="one dead letter")
+
+    assert [d.attempt for d in c.deliveries] == [1, 2]
+    (letter,) = await broker.dead_letters("orders")
+    assert (letter.original_id, letter.attempts) == (entry_id, 2)
+    assert letter.reason
+    default = (await broker.stats("orders")).group("default")
+    assert default is not None and default.pending == 0
+
+
+async def test_replay_puts_dead_letters_back_on_the_topic(broker: mqctl.Broker) -> None:
+    """replay() republishes the dead letters (delivered again with attempt 1) and removes them."""
+    await broker.publish("orders", {"type": "poison", "content": 7})
+    async with broker.subscribe("orders", max_attempts=1, **FAST) as sub:
+        (delivery,) = await take(sub, 1)
+        await delivery.nack(reason="bad")
+    assert (await broker.stats("orders")).dead_letters == 1
+
+    new_ids = await broker.replay("orders")
+
+    assert len(new_ids) == 1
+    assert (await broker.stats("orders")).dead_letters == 0
+    assert await broker.dead_letters("orders") == []
+    async with broker.subscribe("orders", max_attempts=1, **FAST) as sub:
+        (again,) = await take(sub, 1)
+        await again.ack()
+    assert (again.id, again.attempt) == (new_ids[0], 1)
+    assert again.message == mqctl.Message("poison", 7)
+
+
+async def test_replay_of_chosen_ids_leaves_the_others(broker: mqctl.Broker) -> None:
+    """replay(topic, ids) republishes only the named dead letters."""
+    await broker.publish_many("orders", [{"type": "p", "content": 1}, {"type": "p", "content": 2}])
+    async with broker.subscribe("orders", max_attempts=1, **FAST) as sub:
+        for delivery in await take(sub, 2):
+            await delivery.nack()
+    first, second = await broker.dead_letters("orders")
+
+    assert len(await broker.replay("orders", [second.id])) == 1
+
+    assert [d.id for d in await broker.dead_letters("orders")] == [first.id]
+
+
+async def test_purge_removes_every_dead_letter(broker: mqctl.Broker) -> None:
+    """purge_dead_letters() deletes them all and says how many there were."""
+    await broker.publish_many("orders", [{"type": "p"}, {"type": "p"}])
+    async with broker.subscribe("orders", max_attempts=1, **FAST) as sub:
+        for delivery in await take(sub, 2):
+            await delivery.nack()
+    assert (await broker.stats("orders")).dead_letters == 2
+
+    assert await broker.purge_dead_letters("orders") == 2
+
+    assert await broker.dead_letters("orders") == []
+    assert (await broker.stats("orders")).dead_letters == 0
+    assert await broker.purge_dead_letters("orders") == 0
+
+
+async def test_dead_letters_are_paged_oldest_first(broker: mqctl.Broker) -> None:
+    """dead_letters(count=, after=) pages through the dead letters in order."""
+    ids = await broker.publish_many("orders", [{"type": "p", "content": i} for i in range(3)])
+    async with broker.subscribe("orders", max_attempts=1, **FAST) as sub:
+        for delivery in await take(sub, 3):
+            await delivery.nack()
+
+    first_page = await broker.dead_letters("orders", count=2)
+    second_page = await broker.dead_letters("orders", count=2, after=first_page[-1].id)
+
+    assert [d.original_id for d in first_page + second_page] == ids
