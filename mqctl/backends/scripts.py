@@ -100,19 +100,21 @@ for u = 1, nunits do
   pos = pos + 2 * n
 end
 
--- Trim acknowledged history beyond retention (with some slack, so this runs rarely),
--- never past the oldest entry some group still needs.
+-- Trim acknowledged history beyond retention, never past the oldest entry some group
+-- still needs. It runs once the stream is `slack` over retention, and scans only entries
+-- it then removes (at most 10000 a call), so its cost is spread over the publishes.
 local len = redis.call('XLEN', stream)
 local slack = math.max(100, math.floor(retention / 10))
 if len > retention + slack then
-  local head = redis.call('XRANGE', stream, '-', '+', 'COUNT', len - retention)
-  local minid = head[#head][1]
+  local bound, exclusive = '+', false
   for _, g in ipairs(groups) do
-    local floor = g['last-delivered-id']
-    if g['pending'] > 0 then floor = redis.call('XPENDING', stream, g['name'])[2] end
-    if id_less(floor, minid) then minid = floor end
+    local id, excl = g['last-delivered-id'], false
+    if g['pending'] > 0 then id, excl = redis.call('XPENDING', stream, g['name'])[2], true end
+    if bound == '+' or id_less(id, bound) or (id == bound and excl) then bound, exclusive = id, excl end
   end
-  redis.call('XTRIM', stream, 'MINID', minid)
+  if exclusive then bound = '(' .. bound end
+  local head = redis.call('XRANGE', stream, '-', bound, 'COUNT', math.min(len - retention, 10000))
+  if #head > 0 then redis.call('XTRIM', stream, 'MINID', head[#head][1]) end
 end
 return out
 """

@@ -115,6 +115,11 @@ class _Reader:
                 raise
             finally:
                 self._fetch = None
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                # redis-py can swallow a cancellation in a blocking read (redis/redis-py#2028):
+                # the read returns normally though our task was cancelled. Do not lose it.
+                raise asyncio.CancelledError
         return self._buffer.popleft()
 
     def _decode(self, entry: Entry) -> Message | None:
