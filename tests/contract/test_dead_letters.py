@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 import mqctl
+from mqctl.core.backend import Limits, Outgoing
 from mqctl.core.message import decode
+from tests.conftest import BrokerFactory
 from tests.contract.consuming import Consumer, eventually, take
 
 FAST = {"poll_interval": 0.1, "ack_timeout": 0.5}
@@ -127,3 +131,35 @@ async def test_dead_letters_are_paged_oldest_first(broker: mqctl.Broker) -> None
     second_page = await broker.dead_letters("orders", count=2, after=first_page[-1].id)
 
     assert [d.original_id for d in first_page + second_page] == ids
+
+
+async def test_entry_that_is_not_a_mqctl_message_is_dead_lettered_at_once(broker: mqctl.Broker) -> None:
+    """A stored entry mqctl cannot decode goes straight to the dead letters; the consumer moves on."""
+    limits = Limits(max_backlog=None, retention=10_000, idempotency_window_s=60.0, default_group="default")
+    ((garbage_id,),) = await broker.backend.add("orders", [[Outgoing(b"\xff not json")]], limits)
+    good_id = await broker.publish("orders", {"type": "ok"})
+
+    async with broker.subscribe("orders", **FAST) as sub:
+        (delivery,) = await take(sub, 1)
+        await delivery.ack()
+
+    assert delivery.id == good_id
+    (letter,) = await broker.dead_letters("orders")
+    assert (letter.original_id, letter.payload) == (garbage_id, b"\xff not json")
+    assert "decode" in letter.reason
+    assert (await broker.stats("orders")).backlog == 0
+
+
+async def test_replay_into_a_full_topic_keeps_the_dead_letters(connect_broker: BrokerFactory) -> None:
+    """replay() that the topic has no room for raises QueueFull and leaves the dead letters in place."""
+    async with connect_broker(max_backlog=1) as broker:
+        await broker.publish("orders", {"type": "poison"})
+        async with broker.subscribe("orders", max_attempts=1, **FAST) as sub:
+            (delivery,) = await take(sub, 1)
+            await delivery.nack()
+        await broker.publish("orders", {"type": "fills-the-topic"})
+
+        with pytest.raises(mqctl.QueueFull):
+            await broker.replay("orders")
+
+        assert (await broker.stats("orders")).dead_letters == 1

@@ -153,3 +153,18 @@ async def test_acks_reach_the_broker_while_the_consumer_waits(broker: mqctl.Brok
             return default is not None and default.pending == 0
 
         await eventually(acked, what="the ack is visible in stats while the consumer is still open")
+
+
+async def test_a_delivery_is_settled_once(broker: mqctl.Broker) -> None:
+    """After ack(), a nack() is ignored: the message is not delivered again."""
+    first_id = await broker.publish("orders", {"type": "a"})
+
+    async with broker.subscribe("orders", **FAST) as sub:
+        (delivery,) = await take(sub, 1)
+        await delivery.ack()
+        await delivery.nack(delay=0)
+        second_id = await broker.publish("orders", {"type": "b"})
+        (after,) = await take(sub, 1)
+
+    assert delivery.id == first_id
+    assert after.id == second_id
