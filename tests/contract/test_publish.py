@@ -72,6 +72,27 @@ async def test_message_without_content_or_headers_gets_defaults(broker: mqctl.Br
     assert delivery.message == mqctl.Message("ping", None, {})
 
 
+async def test_message_arrives_exactly_as_sent(broker: mqctl.Broker) -> None:
+    """Type, JSON content and headers survive the store byte for byte: Unicode, newlines, big and float numbers."""
+    sent = mqctl.Message(
+        "grüße/ä 日本",
+        {
+            "text": "line\nbreak \u2028 emoji \U0001f680 nul \x00",
+            "big": 2**63 + 1,
+            "float": 0.1,
+            "neg": -0.0,
+            "nested": [None, True, {"": []}],
+        },
+        {"trace-id": "ä:{b}", "": "empty name", "blank": ""},
+    )
+    await broker.publish("orders", sent)
+
+    async with broker.subscribe("orders", poll_interval=0.1) as sub:
+        (delivery,) = await take(sub, 1)
+    assert delivery.message == sent
+    assert encode(delivery.message) == encode(sent)
+
+
 INVALID_MESSAGES: dict[str, Any] = {
     "missing type": {"content": 1},
     "empty type": {"type": "", "content": 1},
@@ -167,10 +188,11 @@ async def test_invalid_group_and_consumer_names_raise_config_error(broker: mqctl
         await broker.create_group("orders", "")
 
 
-async def test_same_idempotency_key_stores_one_message(broker: mqctl.Broker) -> None:
+@pytest.mark.parametrize("key", ["order-1", "a b:{c}/ü*?"], ids=["plain", "odd-characters"])
+async def test_same_idempotency_key_stores_one_message(broker: mqctl.Broker, key: str) -> None:
     """Publishing twice with one idempotency_key returns the same id and stores one message."""
-    first = await broker.publish("orders", {"type": "a", "content": 1}, idempotency_key="order-1")
-    second = await broker.publish("orders", {"type": "a", "content": 1}, idempotency_key="order-1")
+    first = await broker.publish("orders", {"type": "a", "content": 1}, idempotency_key=key)
+    second = await broker.publish("orders", {"type": "a", "content": 1}, idempotency_key=key)
 
     assert first == second
     assert (await broker.stats("orders")).length == 1
