@@ -323,7 +323,7 @@ class MemoryBackend:
         t = self._topic(topic)
         if t is None:
             return TopicStats(topic=topic, length=0, dead_letters=0)
-        now = self._monotonic()
+        now_ms = time.time() * 1000
         groups = tuple(
             GroupStats(
                 name=name,
@@ -331,7 +331,7 @@ class MemoryBackend:
                 lag=t.lag(g),
                 pending=len(g.pending),
                 consumers=len(g.consumers),
-                oldest_pending_age_s=(now - min(p.delivered_at for p in g.pending.values())) if g.pending else None,
+                oldest_pending_age_s=max(0.0, now_ms / 1000 - min(g.pending)[0] / 1000) if g.pending else None,
                 last_delivered_id=format_id(g.last_delivered),
             )
             for name, g in sorted(t.groups.items())

@@ -242,9 +242,10 @@ class RedisBackend:
                     lag = len(await self.client.xrange(stream, min=f"({last_delivered}", count=100_000))
                 oldest_age = None
                 if pending:
-                    summary = await self.client.xpending(stream, name)
-                    oldest = _text(summary["min"])
-                    oldest_age = max(0.0, (now_ms - int(oldest.split("-")[0])) / 1000)
+                    # a separate read: acks may have emptied the group since XINFO GROUPS
+                    oldest = (await self.client.xpending(stream, name)).get("min")
+                    if oldest is not None:
+                        oldest_age = max(0.0, (now_ms - int(_text(oldest).split("-")[0])) / 1000)
                 group_stats.append(
                     GroupStats(
                         name=name,
@@ -335,6 +336,9 @@ def from_url(
             health_check_interval=30,
             **redis_options,
         )
+        # redis-py reads connection options only when it connects: check them now, not at first use.
+        pool = client.connection_pool
+        pool.connection_class(**pool.connection_kwargs)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"Invalid Redis URL {redact(url)!r}: {exc}.") from exc
+        raise ConfigError(f"Invalid Redis URL or option for {redact(url)!r}: {exc}.") from exc
     return RedisBackend(client, prefix=prefix, display_url=redact(url), command_timeout_s=command_timeout_s)

@@ -60,6 +60,7 @@ class GroupStats:
     """Messages delivered and not yet acknowledged."""
     consumers: int
     oldest_pending_age_s: float | None = None
+    """Seconds since the oldest pending message was published (None: nothing pending)."""
     last_delivered_id: str = "0-0"
 
 

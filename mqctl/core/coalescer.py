@@ -43,12 +43,14 @@ class Coalescer(Generic[Item, Result]):
                 del self._queue[: self._max_batch]
                 try:
                     results: Sequence[Result | BaseException] = await self._send([item for item, _ in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"send() returned {len(results)} results for {len(batch)} items.")
                 except Exception as exc:
                     results = [exc] * len(batch)
                 except BaseException:
                     self._queue[:0] = batch  # cancelled: the finally below fails them all
                     raise
-                for (_, future), result in zip(batch, results, strict=True):
+                for (_, future), result in zip(batch, results, strict=False):
                     if future.done():  # the caller was cancelled
                         continue
                     if isinstance(result, BaseException):

@@ -43,8 +43,10 @@ class RetryPolicy:
         """Seconds to wait after ``failures`` failed tries (``failures >= 1``)."""
         if failures < 1:
             return 0.0
-        # min() before the power would overflow for large failure counts
-        ceiling = self.cap_s if failures > 64 else min(self.cap_s, self.base_s * self.factor ** (failures - 1))
+        try:
+            ceiling = min(self.cap_s, self.base_s * self.factor ** (failures - 1))
+        except OverflowError:  # a huge failure count: the cap rules
+            ceiling = self.cap_s
         return ceiling * (1 - self.jitter * rand())
 
 

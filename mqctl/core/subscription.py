@@ -77,6 +77,7 @@ class _Reader:
         self._fetch: asyncio.Task[None] | None = None
         self._opened = False
         self._closed = False
+        self._iterated = False
 
     async def _open(self) -> None:
         """Prepare the reader (create the group...)."""
@@ -101,7 +102,10 @@ class _Reader:
             self.broker._subscriptions.add(self)  # type: ignore[arg-type]
 
     async def _next_entry(self) -> Entry:
+        if self._closed and self._iterated:
+            raise StopAsyncIteration  # closed from elsewhere mid-loop: the loop ends
         await self._ensure_open()
+        self._iterated = True
         while not self._buffer:
             if self._closed:
                 raise StopAsyncIteration

@@ -84,12 +84,6 @@ async def test_closed_subscription_cannot_be_reused(broker: mqctl.Broker) -> Non
         await sub.__aenter__()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=mqctl.SubscriptionClosed,
-    reason="library bug: _Reader._next_entry calls _ensure_open() first, which raises SubscriptionClosed "
-    "on a closed subscription, so `async for` ends with StopAsyncIteration only when aclose() lands during a read",
-)
 async def test_close_from_another_task_ends_iteration_between_deliveries(broker: mqctl.Broker) -> None:
     """A close that lands while the consumer handles a delivery ends its loop as cleanly as one during a read."""
     await broker.publish_many("orders", [{"type": "a"}, {"type": "b"}])

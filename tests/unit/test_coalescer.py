@@ -162,11 +162,6 @@ async def test_aclose_with_nothing_in_flight_returns_at_once() -> None:
     await coalescer.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: Coalescer._drain zips batch and results with strict=True outside its try, so a send "
-    "that answers the wrong number of items kills the drainer and leaves the unanswered callers waiting forever",
-)
 async def test_a_send_with_the_wrong_number_of_results_fails_its_callers() -> None:
     """A send that answers fewer items than it was given fails every caller instead of leaving one hanging."""
 
