@@ -1,0 +1,332 @@
+"""One WebSocket client of Service B: its outbox, its writer, its reader and what it holds.
+
+A ``Connection`` owns three tasks while it lives: a *writer* draining the bounded outbox
+with ``send_text`` (the only task that writes to the socket), a *reader* handling the
+client's ack/nack frames, and the *setup* that joins a pump (see ``pumps.py``). Whoever
+wants it gone calls ``close(code, reason)``; the handler then stops the tasks, hands back
+what the client had not acknowledged and sends the close frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from starlette.websockets import WebSocket
+
+from mqctl.core.filters import Filter
+from mqctl.core.message import Message
+from mqctl.core.subscription import Delivery
+
+log = logging.getLogger(__name__)
+
+Mode = Literal["group", "broadcast"]
+
+MAX_FRAME_BYTES = 64 * 1024
+"""Largest frame a client may send; a larger one closes the connection with 1009."""
+STALL_S = 5.0
+"""A group connection whose outbox stays full this long is closed with 4001."""
+
+GOING_AWAY = 1001
+POLICY_VIOLATION = 1008
+TOO_BIG = 1009
+INTERNAL_ERROR = 1011
+TOO_SLOW = 4001
+TOO_SLOW_REASON = "send buffer full: client too slow; reconnect to resume"
+
+IdKey = tuple[int, int]
+
+
+def id_key(entry_id: str) -> IdKey:
+    """A message id ``"<ms>-<seq>"`` as a tuple that sorts like the ids do."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def dumps(frame: dict[str, Any]) -> str:
+    """One frame as compact JSON text."""
+    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+
+
+def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str) -> str:
+    """The frame that carries one message to a client."""
+    return dumps(
+        {
+            "id": entry_id,
+            "type": message.type,
+            "content": message.content,
+            "headers": dict(message.headers),
+            "attempt": attempt,
+            "topic": topic,
+        }
+    )
+
+
+def error_frame(code: str, detail: str) -> str:
+    """The frame that tells a client what was wrong with what it sent."""
+    return dumps({"error": code, "detail": detail})
+
+
+async def settle(action: Callable[[], Awaitable[None]], what: str, delivery: Delivery) -> bool:
+    """Ack or nack ``delivery``; a broker that fails is logged (the ack timeout redelivers)."""
+    try:
+        await action()
+    except Exception as exc:
+        log.warning(
+            "Could not %s message %s of %r for group %r: %s", what, delivery.id, delivery.topic, delivery.group, exc
+        )
+        return False
+    return True
+
+
+def _nothing() -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class _Frame:
+    text: str
+    delivery: Delivery | None = None
+
+
+class Connection:
+    """A client socket with a bounded outbox of ``capacity`` frames."""
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        *,
+        topic: str,
+        mode: Mode,
+        group: str | None,
+        filter: Filter | None,
+        auto_ack: bool,
+        capacity: int,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.websocket = websocket
+        self.topic = topic
+        self.mode: Mode = mode
+        self.group = group
+        self.filter = filter
+        self.auto_ack = auto_ack
+        self.capacity = capacity
+        self.unacked: dict[str, Delivery] = {}
+        """Deliveries queued or sent to this client and not yet acknowledged, by id."""
+        self.held: list[tuple[IdKey, str]] | None = None
+        """Live broadcast frames held back while this connection catches up from history."""
+        self.wake: Callable[[], None] = _nothing
+        """Called when the outbox has room again (set by the group pump)."""
+        self.full_since: float | None = None
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.client_gone = False
+        self.ended = asyncio.Event()
+        self._clock = clock
+        self._outbox: asyncio.Queue[_Frame] = asyncio.Queue()
+        self._queued = 0  # frames in the outbox; capacity bounds it
+        self._drained = asyncio.Event()
+
+    # -- what the pumps use ---------------------------------------------------------
+
+    @property
+    def closing(self) -> bool:
+        return self.ended.is_set()
+
+    def accepts(self, message: Message) -> bool:
+        return self.filter is None or self.filter(message)
+
+    def has_room(self) -> bool:
+        """True if the outbox takes another frame; notes when it was first found full."""
+        if self.closing:
+            return False
+        if self._queued < self.capacity:
+            return True
+        if self.full_since is None:
+            self.full_since = self._clock()
+        return False
+
+    def stalled(self, now: float) -> bool:
+        """True if the outbox has been full for ``STALL_S`` with nothing written since."""
+        return (
+            not self.closing
+            and self.full_since is not None
+            and self._queued >= self.capacity
+            and now - self.full_since >= STALL_S
+        )
+
+    def push(self, text: str, delivery: Delivery | None = None, *, force: bool = False) -> bool:
+        """Queue one frame; False (and nothing queued) if the outbox is full and not ``force``."""
+        if self._queued >= self.capacity and not force:
+            return False
+        self._queued += 1
+        if self._queued >= self.capacity and self.full_since is None:
+            self.full_since = self._clock()
+        if delivery is not None:
+            self.unacked[delivery.id] = delivery
+        self._outbox.put_nowait(_Frame(text, delivery))
+        return True
+
+    async def push_wait(self, text: str) -> bool:
+        """Queue one frame once the outbox has room (the caller is cancelled if the connection ends)."""
+        while self._queued >= self.capacity:
+            self._drained.clear()
+            await self._drained.wait()
+        return self.push(text)
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask for the connection to end with ``code`` (the first reason given wins)."""
+        if self.close_code is None and not self.ended.is_set():
+            self.close_code, self.close_reason = code, reason
+        self.ended.set()
+
+    def take_unacked(self) -> list[Delivery]:
+        """Everything this client was given and did not acknowledge; the dict is emptied."""
+        deliveries = list(self.unacked.values())
+        self.unacked.clear()
+        return deliveries
+
+    # -- running --------------------------------------------------------------------
+
+    async def run(self, setup: Callable[[], Awaitable[None]]) -> None:
+        """Write, read and run ``setup`` until the client leaves or ``close`` is called."""
+        tasks = [
+            asyncio.create_task(self._write_loop(), name=f"mqctl-ws-writer-{self.topic}"),
+            asyncio.create_task(self._read_loop(), name=f"mqctl-ws-reader-{self.topic}"),
+            asyncio.create_task(self._setup(setup), name=f"mqctl-ws-setup-{self.topic}"),
+        ]
+        try:
+            await self.ended.wait()
+        finally:
+            # Not awaited: under a cancelled handler every await would be cut short anyway.
+            for task in tasks:
+                task.cancel()
+
+    async def _setup(self, setup: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await setup()
+        except Exception:
+            if self.closing:
+                return  # the client left, or the service is shutting down
+            log.exception("Setting up a WebSocket client of %r failed", self.topic)
+            self.close(INTERNAL_ERROR, "internal error; reconnect to try again")
+
+    async def _write_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._outbox.get()
+                self._queued -= 1
+                self.full_since = None
+                self._drained.set()
+                self.wake()
+                await self.websocket.send_text(frame.text)
+                delivery = frame.delivery
+                if delivery is not None and self.auto_ack and self.unacked.get(delivery.id) is delivery:
+                    del self.unacked[delivery.id]
+                    await settle(delivery.ack, "acknowledge", delivery)
+        except Exception as exc:  # the socket is gone
+            log.debug("WebSocket writer of %r stopped: %r", self.topic, exc)
+            self.client_gone = True
+            self.ended.set()
+
+    async def _read_loop(self) -> None:
+        try:
+            while not self.closing:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    self.client_gone = True
+                    break
+                text: str | None = message.get("text")
+                data: bytes | None = message.get("bytes")
+                if _size(text, data) > MAX_FRAME_BYTES:
+                    self.close(TOO_BIG, f"frame over {MAX_FRAME_BYTES} bytes; send smaller frames")
+                    break
+                if text is None:
+                    self._error("binary_frame", "Binary frames are not understood; send acks as JSON text frames.")
+                    continue
+                await self._handle(text)
+        except Exception as exc:  # the socket is gone
+            log.debug("WebSocket reader of %r stopped: %r", self.topic, exc)
+            self.client_gone = True
+        finally:
+            self.ended.set()
+
+    # -- the client's frames --------------------------------------------------------
+
+    def _error(self, code: str, detail: str) -> None:
+        if not self.push(error_frame(code, detail)):
+            log.debug("Dropped an error frame for a client of %r whose outbox is full", self.topic)
+
+    async def _handle(self, text: str) -> None:
+        try:
+            frame = json.loads(text)
+        except ValueError:
+            self._error("invalid_json", 'The frame is not JSON; send {"ack": "<id>"} or {"nack": "<id>"}.')
+            return
+        verb = next(iter(frame)) if isinstance(frame, dict) and len(frame) == 1 else None
+        value = frame[verb] if verb in ("ack", "nack") else None
+        ids = [value] if isinstance(value, str) else value
+        if (
+            verb not in ("ack", "nack")
+            or not isinstance(ids, list)
+            or not ids
+            or not all(isinstance(i, str) for i in ids)
+        ):
+            self._error(
+                "unknown_frame",
+                f'Unknown frame {text[:80]!r}; expected {{"ack": "<id>"}}, {{"ack": ["<id>", ...]}} '
+                'or {"nack": "<id>"}.',
+            )
+            return
+        if self.mode == "broadcast":
+            return  # broadcast deliveries need no acknowledgement
+        unknown = []
+        failed = []
+        for entry_id in ids:
+            delivery = self.unacked.pop(entry_id, None)
+            if delivery is None:
+                unknown.append(entry_id)
+            elif verb == "ack":
+                if not await settle(delivery.ack, "acknowledge", delivery):
+                    failed.append(entry_id)
+            elif not await settle(delivery.nack, "nack", delivery):
+                failed.append(entry_id)
+        self.wake()
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            self._error(
+                "unknown_id",
+                f"No unacknowledged delivery {unknown[0]!r}{more} on this connection: it was settled "
+                "already, never sent here, or redelivered elsewhere after the ack timeout.",
+            )
+        if failed:
+            self._error(
+                "ack_failed",
+                f"The broker did not take the {verb} of {failed[0]!r}; the message will be redelivered.",
+            )
+
+
+def _size(text: str | None, data: bytes | None) -> int:
+    if text is None:
+        return len(data or b"")
+    if len(text) * 4 <= MAX_FRAME_BYTES:  # cheap: no need to encode small frames
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+async def close_quietly(websocket: WebSocket, code: int, reason: str, *, timeout_s: float = 2.0) -> None:
+    """Send the close frame, giving up after ``timeout_s`` or if the socket is gone."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout_s):
+            await websocket.close(code, close_reason(reason))
+
+
+def close_reason(reason: str) -> str:
+    """``reason`` cut to the 123 bytes a WebSocket close frame can carry."""
+    return reason.encode()[:123].decode(errors="ignore")

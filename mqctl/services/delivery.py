@@ -1,0 +1,302 @@
+"""Service B: deliver messages to WebSocket clients.
+
+    GET  /ws       WebSocket: messages of a topic, shared by a group or broadcast to all
+    GET  /health   the process is alive   -> 200 {"status": "ok"}
+    GET  /ready    the broker answers     -> 200 {"status": "ready"} or 503 {"status": "unavailable", "detail"}
+    GET  /         a small live viewer page (broadcast mode; ?topic=...&type=...)
+
+Query parameters of ``/ws``:
+
+    topic=NAME          the topic (default ``settings.topic``)
+    type=T              keep messages of these types; repeat it or separate with commas
+    header=NAME:VALUE   keep messages whose header NAME is VALUE (``header=NAME``: has NAME).
+                        Values of one name are alternatives; different names must all match,
+                        and so must the type filter
+    mode=group          (default) each message to one connection of the group, acknowledged
+    mode=broadcast      every message to every connection, no acknowledgement
+    group=NAME          the group in group mode (default ``settings.group``)
+    auto_ack=true       acknowledge each message once it is written to the socket (default false)
+    last_id=ID          broadcast mode only: first send what was retained after ID (a resume);
+                        ``0-0`` means everything retained
+    token=SECRET        when ``settings.token`` is set (or send ``Authorization: Bearer SECRET``)
+
+Frames from the server, one JSON object each; a connection that is accepted first gets ``subscribed``:
+
+    {"event": "subscribed", "topic", "mode", "group" (null in broadcast), "filter" (repr or null)}
+    {"event": "history_lost", "detail", "first_id"}   a resume from before the oldest retained message
+    {"id", "type", "content", "headers", "attempt", "topic"}   a message (broadcast: attempt 1)
+    {"error": CODE, "detail": SENTENCE}               the connection stays open, except as noted
+
+    error               when
+    invalid_parameter   a bad query parameter (then closed with 1008)
+    unauthorized        the token is missing or wrong (then closed with 1008)
+    invalid_json        a text frame that is not JSON
+    unknown_frame       JSON that is not an ack or a nack
+    binary_frame        a binary frame
+    unknown_id          an ack/nack for no delivery this connection holds unacknowledged
+    ack_failed          the broker did not take an ack/nack (the message will come again)
+
+Frames from the client (group mode; ignored in broadcast mode):
+
+    {"ack": "ID"} or {"ack": ["ID", ...]}     done with these messages
+    {"nack": "ID"} or {"nack": ["ID", ...]}   give them back for redelivery after a backoff
+
+Close codes:
+
+    1001  the service is shutting down; reconnect (group mode gets its unacknowledged messages again)
+    1008  an invalid query parameter or a missing/wrong token; the error frame says which
+    1009  a frame over 64 KiB
+    1011  an internal error or the service not started
+    1012  uvicorn's own close on shutdown (it closes WebSockets before the app's lifespan
+          ends, so under uvicorn clients see 1012 rather than 1001); reconnect
+    4001  "send buffer full: client too slow; reconnect to resume": the outbox
+          (``settings.ws_send_buffer`` frames) stayed full for 5 s (group) or overflowed (broadcast)
+
+Group mode: the service reads each (topic, group) once, however many clients it has, and
+gives each message to one client of the group whose filter matches and whose outbox has
+room (round robin), waiting while none has room. A message that no connected client of the
+group wants is acknowledged for the group: filters choose among the group's clients, they
+do not keep messages for a client that connects later. What a connection was sent and did
+not acknowledge goes back to the group at once when it disconnects (``nack(0)``: another
+client gets it with ``attempt + 1``), and after ``settings.ack_timeout_s`` if it stays
+connected without acknowledging.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import secrets
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Literal
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.datastructures import QueryParams
+
+from mqctl.config import Settings
+from mqctl.connect import open_broker
+from mqctl.core.broker import Broker
+from mqctl.core.errors import ConfigError, MQError
+from mqctl.core.filters import All, Filter, by_header, by_type
+from mqctl.core.names import check_name
+from mqctl.services.connection import (
+    INTERNAL_ERROR,
+    POLICY_VIOLATION,
+    Connection,
+    Mode,
+    close_quietly,
+    close_reason,
+    error_frame,
+)
+from mqctl.services.hub import Hub
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 2.0
+_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_TRUE = {"true", "1", "yes", "on"}
+_FALSE = {"false", "0", "no", "off"}
+
+
+class InvalidParameter(ConfigError):
+    """A query parameter of ``/ws`` that Service B cannot use."""
+
+    def __init__(self, name: str, detail: str) -> None:
+        self.name = name
+        super().__init__(detail)
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """What a ``/ws`` client asked for."""
+
+    topic: str
+    mode: Mode
+    group: str | None
+    filter: Filter | None
+    auto_ack: bool
+    last_id: str | None
+
+
+def parse_params(query: QueryParams, settings: Settings) -> Params:
+    """The ``/ws`` query parameters as ``Params``; raises ``InvalidParameter``."""
+    topic = _checked("topic", query.get("topic") or settings.topic)
+    mode = query.get("mode") or "group"
+    if mode not in ("group", "broadcast"):
+        raise InvalidParameter("mode", f"Unknown mode {mode!r}; expected 'group' or 'broadcast'.")
+    auto_ack = (query.get("auto_ack") or "false").lower()
+    if auto_ack not in _TRUE | _FALSE:
+        raise InvalidParameter("auto_ack", f"auto_ack must be true or false, got {query.get('auto_ack')!r}.")
+    last_id = query.get("last_id")
+    if last_id is not None:
+        if mode != "broadcast":
+            raise InvalidParameter(
+                "last_id",
+                "last_id resumes a broadcast; use mode=broadcast (a group resumes where it left off by itself).",
+            )
+        if not _ID.fullmatch(last_id):
+            raise InvalidParameter(
+                "last_id", f"Invalid last_id {last_id!r}; expected a message id like '1700000000000-0'."
+            )
+    return Params(
+        topic=topic,
+        mode="broadcast" if mode == "broadcast" else "group",
+        group=_checked("group", query.get("group") or settings.group) if mode == "group" else None,
+        filter=_filter(query),
+        auto_ack=auto_ack in _TRUE,
+        last_id=last_id,
+    )
+
+
+def _checked(kind: Literal["topic", "group"], value: str) -> str:
+    try:
+        return check_name(kind, value)
+    except ConfigError as exc:
+        raise InvalidParameter(kind, str(exc)) from exc
+
+
+def _filter(query: QueryParams) -> Filter | None:
+    types = [t.strip() for value in query.getlist("type") for t in value.split(",") if t.strip()]
+    parts: list[Filter] = [by_type(*dict.fromkeys(types))] if types else []
+    headers: dict[str, list[str]] = {}
+    for value in query.getlist("header"):
+        name, colon, wanted = value.partition(":")
+        name = name.strip()
+        if not name:
+            raise InvalidParameter("header", f"Invalid header filter {value!r}; expected NAME:VALUE or NAME.")
+        values = headers.setdefault(name, [])  # NAME alone (no values): the header is present
+        if colon:
+            values.append(wanted)
+    for name, values in headers.items():
+        parts.append(by_header(name, *dict.fromkeys(values)))
+    if not parts:
+        return None
+    return parts[0] if len(parts) == 1 else All(tuple(parts))
+
+
+def _authorized(websocket: WebSocket, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = websocket.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        given = websocket.query_params.get("token") or ""
+    return secrets.compare_digest(given.strip().encode(), token.encode())
+
+
+async def _refuse(websocket: WebSocket, code: int, error: str, detail: str, reason: str) -> None:
+    with contextlib.suppress(Exception):  # the client may be gone already
+        await websocket.send_text(error_frame(error, detail))
+    await close_quietly(websocket, code, reason)
+
+
+def _viewer_page() -> str:
+    return resources.files("mqctl.services").joinpath("viewer.html").read_text(encoding="utf-8")
+
+
+@dataclass(slots=True)
+class _Runtime:
+    broker: Broker | None = None
+    hub: Hub | None = None
+
+
+def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
+    """Service B for ``settings``; nothing connects until the app's lifespan starts.
+
+    The lifespan opens a broker for ``settings.broker_url`` unless ``broker`` is given
+    (that one is used and left open). On shutdown every WebSocket is closed with 1001,
+    unacknowledged deliveries go back to their groups and every reader stops.
+    """
+    runtime = _Runtime()
+    page = _viewer_page()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned = broker is None
+        active = broker or open_broker(
+            settings.broker_url,
+            max_backlog=settings.max_backlog,
+            max_message_bytes=settings.max_message_bytes,
+            retention=settings.retention,
+        )
+        runtime.broker, runtime.hub = active, Hub(active, settings)
+        app.state.delivery = runtime.hub
+        try:
+            yield
+        finally:
+            hub, runtime.hub = runtime.hub, None
+            try:
+                await hub.aclose()
+            finally:
+                if owned:
+                    await active.aclose()
+
+    app = FastAPI(
+        title="mqctl Service B",
+        description="Deliver messages to WebSocket clients: shared by a group, or broadcast.",
+        lifespan=lifespan,
+    )
+
+    @app.get("/health", summary="The process is alive")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="The broker answers", response_model=None)
+    async def ready() -> dict[str, str] | JSONResponse:
+        detail = "Service B is not running: its lifespan has not started."
+        if runtime.broker is not None:
+            try:
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    await runtime.broker.ping()
+                return {"status": "ready"}
+            except (MQError, TimeoutError) as exc:
+                detail = str(exc) or f"The broker did not answer within {READY_TIMEOUT_S:g} s."
+            if settings.token:
+                detail = detail.replace(settings.token, "***")
+            log.warning("Not ready: %s", detail)
+        return JSONResponse({"status": "unavailable", "detail": detail}, status_code=503)
+
+    @app.get("/", response_class=HTMLResponse, summary="A live viewer of a topic (broadcast mode)")
+    async def viewer(request: Request) -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.websocket("/ws")
+    async def websocket_endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        hub = runtime.hub
+        if hub is None:
+            detail = "Service B is not running (its lifespan has not started); retry shortly."
+            await _refuse(websocket, INTERNAL_ERROR, "unavailable", detail, "service not started; retry shortly")
+            return
+        if not _authorized(websocket, settings.token):
+            detail = "This service needs a token: send 'Authorization: Bearer <token>' or ?token=<token>."
+            await _refuse(websocket, POLICY_VIOLATION, "unauthorized", detail, "missing or wrong token")
+            return
+        try:
+            params = parse_params(websocket.query_params, settings)
+        except InvalidParameter as exc:
+            reason = str(exc) if len(str(exc).encode()) <= 123 else f"Invalid query parameter {exc.name!r}."
+            await _refuse(websocket, POLICY_VIOLATION, "invalid_parameter", str(exc), reason)
+            return
+        connection = Connection(
+            websocket,
+            topic=params.topic,
+            mode=params.mode,
+            group=params.group,
+            filter=params.filter,
+            auto_ack=params.auto_ack,
+            capacity=settings.ws_send_buffer,
+        )
+        try:
+            await connection.run(lambda: hub.join(connection, last_id=params.last_id))
+        finally:
+            hub.leave(connection)
+            if connection.close_code is not None and not connection.client_gone:
+                await close_quietly(websocket, connection.close_code, close_reason(connection.close_reason))
+
+    return app
