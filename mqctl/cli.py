@@ -460,8 +460,17 @@ def loadtest(
     if messages is None and duration is None:
         messages = 10_000
     spec = LoadSpec(
-        a_url=a_url, b_url=b_url, workers=workers, messages=None if duration else messages, duration_s=duration,
-        rate=rate, size=size, batch=batch, listeners=listeners, direct_url=direct, drain_timeout_s=drain_timeout,
+        a_url=a_url,
+        b_url=b_url,
+        workers=workers,
+        messages=None if duration else messages,
+        duration_s=duration,
+        rate=rate,
+        size=size,
+        batch=batch,
+        listeners=listeners,
+        direct_url=direct,
+        drain_timeout_s=drain_timeout,
         token=token,
     )
     report = _run(_loadtest(spec, show_progress=not as_json))

@@ -17,7 +17,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="MQCTL_", extra="ignore", frozen=True)
 
-    broker_url: str = Field(DEFAULT_BROKER_URL, description="Broker URL: memory://, redis://host:port/db or rediss://...")
+    broker_url: str = Field(
+        DEFAULT_BROKER_URL, description="Broker URL: memory://, redis://host:port/db or rediss://..."
+    )
     topic: str = Field("messages", description="Topic used when a request names none.")
     group: str = Field("default", description="Consumer group used when a WebSocket client names none.")
     max_backlog: int | None = Field(100_000, description="Refuse publishes beyond this many unacknowledged messages.")

@@ -35,8 +35,8 @@ def open_broker(url: str = "memory://", **options: Any) -> Broker:
 async def connect(url: str = "memory://", **options: Any) -> AsyncIterator[Broker]:
     """Connect to the broker at ``url`` and close it on exit.
 
-        async with mqctl.connect("redis://127.0.0.1:6379/0", max_backlog=10_000) as broker:
-            await broker.publish("orders", {"type": "created", "content": {"id": 1}})
+    async with mqctl.connect("redis://127.0.0.1:6379/0", max_backlog=10_000) as broker:
+        await broker.publish("orders", {"type": "created", "content": {"id": 1}})
     """
     broker = open_broker(url, **options)
     try:

@@ -27,9 +27,7 @@ def open_backend(url: str, **options: Any) -> Backend:
     scheme = urlsplit(url).scheme.lower()
     module_name = SCHEMES.get(scheme)
     if module_name is None:
-        raise ConfigError(
-            f"Unknown broker scheme {scheme!r}; expected one of: {', '.join(sorted(SCHEMES))}."
-        )
+        raise ConfigError(f"Unknown broker scheme {scheme!r}; expected one of: {', '.join(sorted(SCHEMES))}.")
     module = importlib.import_module(module_name)
     backend: Backend = module.from_url(url, **options)
     return backend

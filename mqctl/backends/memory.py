@@ -138,9 +138,7 @@ class MemoryBackend:
         if self._closed:
             raise BrokerUnavailable("This memory:// broker is closed; connect again to use it.")
 
-    async def add(
-        self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits
-    ) -> list[list[str] | QueueFull]:
+    async def add(self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits) -> list[list[str] | QueueFull]:
         t = self._topic(topic, create=True)
         assert t is not None
         if not t.published:  # the topic's first publish creates its default group
@@ -193,9 +191,7 @@ class MemoryBackend:
         t.groups[group] = _Group(ZERO if from_start else (t.keys[-1] if t.keys else ZERO))
         return True
 
-    async def read_group(
-        self, topic: str, group: str, consumer: str, *, count: int, block_s: float
-    ) -> list[Entry]:
+    async def read_group(self, topic: str, group: str, consumer: str, *, count: int, block_s: float) -> list[Entry]:
         deadline = self._monotonic() + block_s
         while True:
             t = self._topic(topic, create=True)
@@ -268,8 +264,13 @@ class MemoryBackend:
             _DeadLetter(
                 dead_id,
                 DeadLetter(
-                    id=format_id(dead_id), original_id=format_id(key), payload=t.payloads[key],
-                    group=group, reason=reason, attempts=attempts, dead_at_ms=dead_id[0],
+                    id=format_id(dead_id),
+                    original_id=format_id(key),
+                    payload=t.payloads[key],
+                    group=group,
+                    reason=reason,
+                    attempts=attempts,
+                    dead_at_ms=dead_id[0],
                 ),
             )
         )

@@ -89,9 +89,7 @@ class RedisBackend:
 
     # -- publishing ---------------------------------------------------------------
 
-    async def add(
-        self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits
-    ) -> list[list[str] | QueueFull]:
+    async def add(self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits) -> list[list[str] | QueueFull]:
         keys = [self.keys.stream(topic), self.keys.created(topic)]
         args: list[Any] = [
             -1 if limits.max_backlog is None else limits.max_backlog,
@@ -127,16 +125,16 @@ class RedisBackend:
     async def create_group(self, topic: str, group: str, *, from_start: bool) -> bool:
         async with self._errors():
             try:
-                await self.client.xgroup_create(self.keys.stream(topic), group, id="0" if from_start else "$", mkstream=True)
+                await self.client.xgroup_create(
+                    self.keys.stream(topic), group, id="0" if from_start else "$", mkstream=True
+                )
             except rex.ResponseError as exc:
                 if "BUSYGROUP" in str(exc):
                     return False
                 raise
         return True
 
-    async def read_group(
-        self, topic: str, group: str, consumer: str, *, count: int, block_s: float
-    ) -> list[Entry]:
+    async def read_group(self, topic: str, group: str, consumer: str, *, count: int, block_s: float) -> list[Entry]:
         stream = self.keys.stream(topic)
         block_ms = max(1, int(block_s * 1000))
         async with self._errors(block_s + self.command_timeout_s):
@@ -173,9 +171,7 @@ class RedisBackend:
                 if "NOGROUP" in str(exc) or "no such key" in str(exc):
                     return [], 0
                 raise
-        entries = [
-            Entry(_text(reply[i]), reply[i + 1], int(reply[i + 2])) for i in range(1, len(reply), 3)
-        ]
+        entries = [Entry(_text(reply[i]), reply[i + 1], int(reply[i + 2])) for i in range(1, len(reply), 3)]
         return entries, int(reply[0])
 
     async def ack(self, topic: str, group: str, ids: Sequence[str]) -> int:
@@ -192,9 +188,7 @@ class RedisBackend:
         idle_ms = max(0, int((min_idle_s - ready_in_s) * 1000))
         async with self._errors():
             # XCLAIM with JUSTID keeps the delivery count; IDLE backdates the last delivery.
-            await self.client.xclaim(
-                self.keys.stream(topic), group, consumer, 0, list(ids), idle=idle_ms, justid=True
-            )
+            await self.client.xclaim(self.keys.stream(topic), group, consumer, 0, list(ids), idle=idle_ms, justid=True)
 
     async def dead_letter(self, topic: str, group: str, entry_id: str, *, reason: str, attempts: int) -> bool:
         async with self._errors():

@@ -12,6 +12,7 @@ broadcast mode the listener sends the last id it saw and gets everything since.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -143,10 +144,8 @@ class Listener:
         """Acknowledge a frame's message (a no-op in broadcast mode)."""
         if self.broadcast or self._ws is None:
             return
-        try:
+        with contextlib.suppress(ConnectionClosed):  # not acked: the group redelivers it
             await self._ws.send(orjson.dumps({"ack": frame["id"]}).decode())
-        except ConnectionClosed:
-            pass  # not acked: the group redelivers it, as at-least-once allows
 
     async def aclose(self) -> None:
         self._closed = True

@@ -108,9 +108,7 @@ class Backend(Protocol):
     """Storage for topics, groups and dead letters. Every method may raise
     ``BrokerUnavailable`` (or a subclass) when the store cannot be reached."""
 
-    async def add(
-        self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits
-    ) -> list[list[str] | QueueFull]:
+    async def add(self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits) -> list[list[str] | QueueFull]:
         """Store each unit atomically: all its messages or none.
 
         A unit is refused with ``QueueFull`` when storing it would take the backlog over
@@ -125,9 +123,7 @@ class Backend(Protocol):
         """Create ``group`` (reading from the topic's start, or from now); False if it existed."""
         ...
 
-    async def read_group(
-        self, topic: str, group: str, consumer: str, *, count: int, block_s: float
-    ) -> list[Entry]:
+    async def read_group(self, topic: str, group: str, consumer: str, *, count: int, block_s: float) -> list[Entry]:
         """Up to ``count`` entries never delivered to the group, waiting up to ``block_s``
         for one to arrive; they become pending for ``consumer`` with attempt 1.
         Recreates the group at the topic's end if it was deleted."""
@@ -163,9 +159,7 @@ class Backend(Protocol):
         ``min_idle_s`` (so ``ready_in_s`` is at most ``min_idle_s``). The attempt is unchanged."""
         ...
 
-    async def dead_letter(
-        self, topic: str, group: str, entry_id: str, *, reason: str, attempts: int
-    ) -> bool:
+    async def dead_letter(self, topic: str, group: str, entry_id: str, *, reason: str, attempts: int) -> bool:
         """Move one pending entry to the dead letters and acknowledge it. Atomic."""
         ...
 

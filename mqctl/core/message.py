@@ -43,9 +43,7 @@ def _check_type(value: object) -> None:
     if not value.strip():
         raise InvalidMessage("Message type must be a non-empty string.")
     if len(value) > MAX_TYPE_LENGTH:
-        raise InvalidMessage(
-            f"Message type is {len(value)} characters long; the limit is {MAX_TYPE_LENGTH}."
-        )
+        raise InvalidMessage(f"Message type is {len(value)} characters long; the limit is {MAX_TYPE_LENGTH}.")
 
 
 def _check_headers(value: object) -> None:
@@ -53,9 +51,7 @@ def _check_headers(value: object) -> None:
         raise InvalidMessage(f"Message headers must be an object of strings, not {type(value).__name__}.")
     for key, item in value.items():
         if not isinstance(key, str) or not isinstance(item, str):
-            raise InvalidMessage(
-                f"Message headers must map strings to strings; got {key!r}: {item!r}."
-            )
+            raise InvalidMessage(f"Message headers must map strings to strings; got {key!r}: {item!r}.")
 
 
 def as_message(value: Message | Mapping[str, Any]) -> Message:
@@ -64,14 +60,11 @@ def as_message(value: Message | Mapping[str, Any]) -> Message:
         return value
     if not isinstance(value, Mapping):
         raise InvalidMessage(
-            f"A message must be a mqctl.Message or a dict with 'type' and 'content', "
-            f"not {type(value).__name__}."
+            f"A message must be a mqctl.Message or a dict with 'type' and 'content', not {type(value).__name__}."
         )
     unknown = set(value) - {"type", "content", "headers"}
     if unknown:
-        raise InvalidMessage(
-            f"Unknown message field(s) {sorted(unknown)!r}; expected type, content and headers."
-        )
+        raise InvalidMessage(f"Unknown message field(s) {sorted(unknown)!r}; expected type, content and headers.")
     if "type" not in value:
         raise InvalidMessage("A message needs a 'type'.")
     headers = value.get("headers")
@@ -81,9 +74,7 @@ def as_message(value: Message | Mapping[str, Any]) -> Message:
 def encode(message: Message) -> bytes:
     """The wire form of ``message``: compact UTF-8 JSON. Raises ``InvalidMessage``."""
     try:
-        text = _encoder.encode(
-            {"type": message.type, "content": message.content, "headers": dict(message.headers)}
-        )
+        text = _encoder.encode({"type": message.type, "content": message.content, "headers": dict(message.headers)})
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(f"Message content is not JSON: {exc}.") from exc
     try:
@@ -99,4 +90,3 @@ def decode(data: bytes | str) -> Message:
         return Message(raw["type"], raw.get("content"), raw.get("headers") or {})
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidMessage(f"Stored message is not in mqctl's format: {data[:80]!r}.") from exc
-

@@ -191,7 +191,10 @@ class Subscription(_Reader):
             message = self._decode(entry)
             if message is None:
                 await backend.dead_letter(
-                    self.topic, self.group, entry.id, reason="not a mqctl message (cannot decode)",
+                    self.topic,
+                    self.group,
+                    entry.id,
+                    reason="not a mqctl message (cannot decode)",
                     attempts=entry.attempt,
                 )
                 continue
@@ -208,10 +211,13 @@ class Subscription(_Reader):
         if now >= self._next_reclaim:
             self._next_reclaim = now + self.reclaim_every_s
             claimed, dead = await backend.reclaim(
-                self.topic, self.group, self.consumer,
-                min_idle_s=self.ack_timeout_s, count=self.batch, max_attempts=self.max_attempts,
-                reason=f"not acknowledged after {self.max_attempts} deliveries "
-                f"(ack_timeout {self.ack_timeout_s:g} s)",
+                self.topic,
+                self.group,
+                self.consumer,
+                min_idle_s=self.ack_timeout_s,
+                count=self.batch,
+                max_attempts=self.max_attempts,
+                reason=f"not acknowledged after {self.max_attempts} deliveries (ack_timeout {self.ack_timeout_s:g} s)",
             )
             if dead:
                 log.warning("%d message(s) of %r moved to the dead letters for group %r", dead, self.topic, self.group)
@@ -243,16 +249,23 @@ class Subscription(_Reader):
         backend = self.broker.backend
         if delivery.attempt >= self.max_attempts:
             await backend.dead_letter(
-                self.topic, self.group, delivery.id,
-                reason=f"{reason} (attempt {delivery.attempt} of {self.max_attempts})", attempts=delivery.attempt,
+                self.topic,
+                self.group,
+                delivery.id,
+                reason=f"{reason} (attempt {delivery.attempt} of {self.max_attempts})",
+                attempts=delivery.attempt,
             )
             return
         if delay_s is None:
             delay_s = self.broker.options.redelivery.delay_s(delivery.attempt)
         ready_in_s = min(max(delay_s, 0.0), self.ack_timeout_s)
         await backend.release(
-            self.topic, self.group, self.consumer, [delivery.id],
-            ready_in_s=ready_in_s, min_idle_s=self.ack_timeout_s,
+            self.topic,
+            self.group,
+            self.consumer,
+            [delivery.id],
+            ready_in_s=ready_in_s,
+            min_idle_s=self.ack_timeout_s,
         )
         self._next_reclaim = min(self._next_reclaim, self._clock() + ready_in_s)
 
@@ -270,8 +283,12 @@ class Subscription(_Reader):
             await self._flush_acks()
             if unsettled:
                 await backend.release(
-                    self.topic, self.group, self.consumer, unsettled,
-                    ready_in_s=0.0, min_idle_s=self.ack_timeout_s,
+                    self.topic,
+                    self.group,
+                    self.consumer,
+                    unsettled,
+                    ready_in_s=0.0,
+                    min_idle_s=self.ack_timeout_s,
                 )
         except Exception as exc:  # the broker is gone: the ack timeout will hand them back
             log.warning("Could not settle %d deliveries of %r on close: %s", len(unsettled), self.topic, exc)

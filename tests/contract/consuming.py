@@ -18,7 +18,7 @@ async def eventually(check: Callable[[], Awaitable[bool]], *, timeout_s: float =
     try:
         async with asyncio.timeout(timeout_s):
             # What tests wait on (stats, dead letters) has no change event to await: poll it.
-            while not await check():  # noqa: ASYNC110
+            while not await check():
                 await asyncio.sleep(0.01)
     except TimeoutError:
         raise AssertionError(f"Not true within {timeout_s:g} s: {what or check!r}") from None
