@@ -119,7 +119,7 @@ def serve_a(
 
     settings = _settings(broker_url=broker, max_backlog=max_backlog, topic=topic, log_level=log_level)
     _setup_logging(settings.log_level)
-    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level))
+    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
 
 
 @app.command("serve-b")
@@ -148,7 +148,7 @@ def serve_b(
         broker_url=broker, max_backlog=max_backlog, topic=topic, poll_interval_s=poll_interval, log_level=log_level
     )
     _setup_logging(settings.log_level)
-    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level))
+    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
 
 
 async def _reachable(url: str, timeout_s: float) -> bool:
@@ -233,6 +233,7 @@ async def _up(settings: Any, host: str, port_a: int, port_b: int) -> None:
             ],
             log_level=settings.log_level,
             started=started,
+            secrets=[settings.token],
         )
     finally:
         announcer.cancel()

@@ -6,7 +6,10 @@ Every field can be set by the environment variable ``MQCTL_<FIELD>`` (for exampl
 
 from __future__ import annotations
 
-from pydantic import Field
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -32,4 +35,20 @@ class Settings(BaseSettings):
     publish_timeout_s: float = Field(5.0, gt=0, description="Longest a publish may take before a 503.")
     ws_send_buffer: int = Field(1000, ge=1, description="Frames queued for one WebSocket client before it is closed.")
     token: str | None = Field(None, description="Bearer token required by the services (unset: no auth).")
+    token_file: Path | None = Field(None, description="A file holding the token (for secrets mounted as files).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_token_file(cls, data: Any) -> Any:
+        """Read the token from ``token_file`` when no token is given directly."""
+        if isinstance(data, dict) and data.get("token_file") and not data.get("token"):
+            path = Path(data["token_file"])
+            try:
+                token = path.read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"Cannot read the token file {str(path)!r}: {exc.strerror}.") from exc
+            if not token:
+                raise ValueError(f"The token file {str(path)!r} is empty.")
+            data = {**data, "token": token}
+        return data

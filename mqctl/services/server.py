@@ -9,12 +9,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import re
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+
+_TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+
+
+class RedactSecrets(logging.Filter):
+    """Hide tokens (``?token=...`` in WebSocket URLs uvicorn logs, and the configured secrets)."""
+
+    def __init__(self, secrets: Sequence[str | None] = ()) -> None:
+        super().__init__()
+        self.secrets = [s for s in secrets if s]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        redacted = _TOKEN_IN_QUERY.sub(r"\1***", text)
+        for secret in self.secrets:
+            redacted = redacted.replace(secret, "***")
+        if redacted != text:
+            record.msg, record.args = redacted, None
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,8 +55,15 @@ async def serve(
     access_log: bool = False,
     graceful_s: float = 5.0,
     started: asyncio.Event | None = None,
+    secrets: Sequence[str | None] = (),
 ) -> None:
-    """Serve every endpoint until SIGINT/SIGTERM (or cancellation), then shut all down."""
+    """Serve every endpoint until SIGINT/SIGTERM (or cancellation), then shut all down.
+
+    ``secrets`` (a token, a password) are masked in every log line uvicorn writes.
+    """
+    redact = RedactSecrets(secrets)
+    for name in ("uvicorn.error", "uvicorn.access"):
+        logging.getLogger(name).addFilter(redact)
     servers = [
         uvicorn.Server(
             uvicorn.Config(
