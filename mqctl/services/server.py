@@ -18,7 +18,6 @@ from typing import Any
 
 import uvicorn
 
-
 _TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 
 

@@ -69,9 +69,10 @@ def test_service_a_refuses_requests_without_the_token(guarded) -> None:
 async def test_service_b_refuses_websockets_without_the_token(guarded) -> None:
     """Without the token Service B closes the WebSocket with 1008 and delivers nothing."""
     a, b, _ = guarded
-    httpx.post(
-        a.http + "/messages", json={"type": "x", "content": "secret"}, headers={"Authorization": f"Bearer {TOKEN}"}
-    )
+    async with httpx.AsyncClient() as client:
+        await client.post(
+            a.http + "/messages", json={"type": "x", "content": "secret"}, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
     async with connect(b.ws + "?token=wrong") as ws:
         frames = []
         with pytest.raises(ConnectionClosed) as closed:
