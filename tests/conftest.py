@@ -1,8 +1,10 @@
 """The test rig: one Redis for the session, and a fresh broker per test on every backend.
 
 Tests that take ``broker_url`` (or ``connect_broker`` / ``broker``) run once per backend:
-``[memory]`` in a store of their own, ``[redis]`` under a key prefix of their own, whose
-keys are deleted afterwards (SCAN + DEL, never FLUSH: the server may be shared).
+``[memory]`` in a store of their own, ``[redis]`` and ``[cluster]`` under a key prefix of
+their own, whose keys are deleted afterwards (SCAN + DEL, never FLUSH: the server may be
+shared). ``[cluster]`` runs on a private 3-master Redis Cluster started on first use for the
+session (``tests/redis_cluster.py``; it needs redis-server and redis-cli on PATH).
 
 Where the Redis comes from, first match wins:
 
@@ -28,6 +30,7 @@ import pytest
 import redis
 
 import mqctl
+from tests.redis_cluster import ClusterStartError, RedisCluster
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 HOW_TO_GET_REDIS = (
@@ -118,15 +121,55 @@ def _delete_keys(url: str, prefix: str) -> None:
         client.close()
 
 
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A private Redis Cluster of 3 masters for this session, started on first use, stopped by PID."""
+    cluster = RedisCluster(tmp_path_factory.mktemp("cluster"), masters=3)
+    try:
+        cluster.start()
+    except ClusterStartError as exc:
+        pytest.fail(str(exc))
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+def _delete_cluster_keys(cluster: RedisCluster, prefix: str) -> None:
+    for port in cluster.master_ports():
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+        try:
+            keys = list(client.scan_iter(match=f"*{prefix}*", count=1000))
+            pipe = client.pipeline(transaction=False)
+            for key in keys:  # one key per DEL: keys of different slots cannot share one
+                pipe.delete(key)
+            pipe.execute()
+        finally:
+            client.close()
+
+
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("cluster", marks=pytest.mark.cluster),
+    ]
+)
 def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
-    """A broker URL with a store (memory) or key prefix (redis) that no other test uses."""
+    """A broker URL with a store (memory) or key prefix (redis, cluster) that no other test uses."""
     tag = uuid.uuid4().hex
     if request.param == "memory":
         yield BrokerURL("memory", f"memory://test-{tag}", None)
         return
-    url: str = request.getfixturevalue("redis_url")
     prefix = f"mqtest-{tag}"
+    if request.param == "cluster":
+        cluster: RedisCluster = request.getfixturevalue("redis_cluster")
+        try:
+            yield BrokerURL("cluster", cluster.url, prefix)
+        finally:
+            _delete_cluster_keys(cluster, prefix)
+        return
+    url: str = request.getfixturevalue("redis_url")
     try:
         yield BrokerURL("redis", url, prefix)
     finally:

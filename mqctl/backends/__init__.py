@@ -17,6 +17,8 @@ SCHEMES: dict[str, str] = {
     "memory": "mqctl.backends.memory",
     "redis": "mqctl.backends.redis",
     "rediss": "mqctl.backends.redis",
+    "redis+cluster": "mqctl.backends.cluster",
+    "rediss+cluster": "mqctl.backends.cluster",
 }
 
 

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -36,6 +36,16 @@ def redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+# Errors of a store that is failing over or resharding (or a replica that cannot take writes yet):
+# each passes within seconds, so a publish answers "unavailable, retry" rather than an error.
+_NOT_NOW = (
+    rex.ClusterError,  # ClusterDownError, MasterDownError, "TTL exhausted" after too many redirects
+    rex.TryAgainError,
+    rex.ReadOnlyError,
+    rex.SlotNotCoveredError,  # no node serves the slot (yet)
+)
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
@@ -45,16 +55,30 @@ class RedisBackend:
 
     def __init__(
         self,
-        client: aioredis.Redis,
+        client: aioredis.Redis | aioredis.RedisCluster,
         *,
         prefix: str = DEFAULT_PREFIX,
         display_url: str = "redis",
         command_timeout_s: float = 5.0,
+        min_replicas: int = 0,
+        replica_timeout_s: float = 1.0,
+        node_for: Callable[[str], Awaitable[aioredis.Redis]] | None = None,
+        on_moved: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
+        if not isinstance(min_replicas, int) or min_replicas < 0:
+            raise ConfigError(f"min_replicas must be a whole number >= 0, got {min_replicas!r}.")
+        if not replica_timeout_s > 0:
+            raise ConfigError(f"replica_timeout_s must be > 0, got {replica_timeout_s!r}.")
         self.client = client
         self.keys = Keyspace(prefix)
         self.display_url = display_url
         self.command_timeout_s = command_timeout_s
+        self.min_replicas = min_replicas
+        self.replica_timeout_s = replica_timeout_s
+        # WAIT counts the writes of its own connection: the write and the WAIT must share one.
+        # A single Redis pipelines both on its client; a cluster names the node that owns a key.
+        self._node_for = node_for
+        self._on_moved = on_moved
         self._add = client.register_script(scripts.ADD)
         self._reclaim = client.register_script(scripts.RECLAIM)
         self._dead_letter = client.register_script(scripts.DEAD_LETTER)
@@ -73,6 +97,10 @@ class RedisBackend:
         except rex.AuthenticationError as exc:
             raise BrokerUnavailable(
                 f"Redis at {self.display_url} refused the credentials: {exc}. Check the user and password in the URL."
+            ) from exc
+        except _NOT_NOW as exc:  # failover, resharding, a replica promoted mid-write: retry shortly
+            raise BrokerUnavailable(
+                f"Redis at {self.display_url} cannot serve this now ({type(exc).__name__}: {exc}); retry shortly."
             ) from exc
         except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
             raise BrokerUnavailable(f"Cannot reach Redis at {self.display_url}: {exc}.") from exc
@@ -111,7 +139,10 @@ class RedisBackend:
             if topic not in self._registered:
                 await self.client.sadd(self.keys.topics(), topic)
                 self._registered.add(topic)
-            reply = await self._add(keys=keys, args=args)
+            if self.min_replicas:
+                reply = await self._add_replicated(keys, args)
+            else:
+                reply = await self._add(keys=keys, args=args)
         results: list[list[str] | QueueFull] = []
         for item in reply:
             if item and item[0] == b"FULL":
@@ -119,6 +150,37 @@ class RedisBackend:
             else:
                 results.append([_text(i) for i in item])
         return results
+
+    async def _add_replicated(self, keys: list[str], args: list[Any]) -> Any:
+        """Run the add script, then WAIT on the same connection until ``min_replicas`` have it."""
+        node: Any = self.client if self._node_for is None else await self._node_for(keys[0])
+        timeout_ms = max(1, int(self.replica_timeout_s * 1000))
+        for attempt in range(2):
+            pipe = node.pipeline(transaction=False)
+            pipe.evalsha(self._add.sha, len(keys), *keys, *args)
+            pipe.wait(self.min_replicas, timeout_ms)
+            try:
+                reply, acked = await pipe.execute()
+            except rex.NoScriptError:
+                if attempt:
+                    raise
+                await node.script_load(scripts.ADD)
+                continue
+            except rex.AskError as exc:  # MOVED or ASK: the slot is served elsewhere now
+                if self._on_moved is None:
+                    raise
+                await self._on_moved(keys[0])  # let the cluster client learn the new owner
+                raise BrokerUnavailable(
+                    f"Topic keys moved to another node of {self.display_url} ({exc}); retry shortly."
+                ) from exc
+            if int(acked) < self.min_replicas:
+                raise BrokerUnavailable(
+                    f"Only {acked} of the {self.min_replicas} replica(s) required acknowledged the publish "
+                    f"within {self.replica_timeout_s:g} s. The message is stored on the master and may or may "
+                    "not survive its failure; a retry can store it twice (use an idempotency key)."
+                )
+            return reply
+        raise AssertionError("unreachable")
 
     # -- groups -------------------------------------------------------------------
 
@@ -313,12 +375,16 @@ def from_url(
     max_connections: int = 1000,
     connect_timeout_s: float = 2.0,
     command_timeout_s: float = 5.0,
+    min_replicas: int = 0,
+    replica_timeout_s: float = 1.0,
     **redis_options: Any,
 ) -> RedisBackend:
     """``redis://[user:password@]host:port/db`` or ``rediss://...`` (TLS).
 
-    ``prefix`` namespaces every key (so tests and tenants can share one Redis); other
-    keyword options go to ``redis.asyncio.Redis.from_url``.
+    ``prefix`` namespaces every key (so tests and tenants can share one Redis). With
+    ``min_replicas=N`` a publish returns only once N replicas have it (Redis ``WAIT``, at
+    most ``replica_timeout_s``; fewer in time: ``BrokerUnavailable``). Other keyword
+    options go to ``redis.asyncio.Redis.from_url``.
     """
     if not prefix or "{" in prefix or "}" in prefix:
         raise ConfigError(f"Invalid key prefix {prefix!r}: use a non-empty name without braces.")
@@ -335,4 +401,11 @@ def from_url(
         pool.connection_class(**pool.connection_kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"Invalid Redis URL or option for {redact(url)!r}: {exc}.") from exc
-    return RedisBackend(client, prefix=prefix, display_url=redact(url), command_timeout_s=command_timeout_s)
+    return RedisBackend(
+        client,
+        prefix=prefix,
+        display_url=redact(url),
+        command_timeout_s=command_timeout_s,
+        min_replicas=min_replicas,
+        replica_timeout_s=replica_timeout_s,
+    )
