@@ -5,6 +5,12 @@ A ``Subscription`` reads in batches with a blocking read that waits at most
 it also takes over deliveries that some consumer of the group left unacknowledged for
 ``ack_timeout_s`` (crashed, hung, or nacked), moving those that used up
 ``max_attempts`` to the dead letters. Acks are gathered and sent with the next read.
+
+Two optional callbacks let an owner observe a reader without parsing its logs (the
+services' metrics use them); both must be quick and must not raise:
+
+    reader.on_poll = f                f(seconds) after each read from the broker (a poll cycle)
+    subscription.on_dead_letter = f   f(count) when it moves messages to the dead letters
 """
 
 from __future__ import annotations
@@ -78,6 +84,7 @@ class _Reader:
         self._opened = False
         self._closed = False
         self._iterated = False
+        self.on_poll: Callable[[float], None] | None = None
 
     async def _open(self) -> None:
         """Prepare the reader (create the group...)."""
@@ -111,8 +118,11 @@ class _Reader:
                 raise StopAsyncIteration
             # The read runs as its own task so that aclose() from anywhere can cut it short.
             self._fetch = asyncio.ensure_future(self._fill())
+            started = time.monotonic()
             try:
                 await self._fetch
+                if self.on_poll is not None:
+                    self.on_poll(time.monotonic() - started)
             except asyncio.CancelledError:
                 if self._closed:
                     raise StopAsyncIteration from None
@@ -177,6 +187,11 @@ class Subscription(_Reader):
         self._next_reclaim = 0.0
         self._acks: list[str] = []
         self._outstanding: set[str] = set()
+        self.on_dead_letter: Callable[[int], None] | None = None
+
+    def _dead_lettered(self, count: int) -> None:
+        if count and self.on_dead_letter is not None:
+            self.on_dead_letter(count)
 
     async def _open(self) -> None:
         await self.broker.backend.create_group(self.topic, self.group, from_start=self.from_start)
@@ -190,13 +205,14 @@ class Subscription(_Reader):
             entry = await self._next_entry()
             message = self._decode(entry)
             if message is None:
-                await backend.dead_letter(
+                moved = await backend.dead_letter(
                     self.topic,
                     self.group,
                     entry.id,
                     reason="not a mqctl message (cannot decode)",
                     attempts=entry.attempt,
                 )
+                self._dead_lettered(int(moved))
                 continue
             if not self.filter(message):
                 self._acks.append(entry.id)  # filtered out: done for this group only
@@ -220,6 +236,7 @@ class Subscription(_Reader):
                 reason=f"not acknowledged after {self.max_attempts} deliveries (ack_timeout {self.ack_timeout_s:g} s)",
             )
             if dead:
+                self._dead_lettered(dead)
                 log.warning("%d message(s) of %r moved to the dead letters for group %r", dead, self.topic, self.group)
             if claimed:
                 self._buffer.extend(claimed)
@@ -248,13 +265,14 @@ class Subscription(_Reader):
         self._outstanding.discard(delivery.id)
         backend = self.broker.backend
         if delivery.attempt >= self.max_attempts:
-            await backend.dead_letter(
+            moved = await backend.dead_letter(
                 self.topic,
                 self.group,
                 delivery.id,
                 reason=f"{reason} (attempt {delivery.attempt} of {self.max_attempts})",
                 attempts=delivery.attempt,
             )
+            self._dead_lettered(int(moved))
             return
         if delay_s is None:
             delay_s = self.broker.options.redelivery.delay_s(delivery.attempt)
