@@ -8,7 +8,6 @@ Heavy imports (uvicorn, the services) happen inside the commands that need them.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
@@ -55,6 +54,14 @@ LogLevelOpt = Annotated[
     str | None,
     typer.Option("--log-level", help="debug, info, warning or error.", show_default="info, env MQCTL_LOG_LEVEL"),
 ]
+LogFormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--log-format",
+        help="text (for people) or json (one object a line, with request and message ids).",
+        show_default="text, env MQCTL_LOG_FORMAT",
+    ),
+]
 TopicOpt = Annotated[
     str | None,
     typer.Option("--topic", help="Topic to use.", show_default="messages, env MQCTL_TOPIC"),
@@ -81,13 +88,10 @@ def _settings(**overrides: Any) -> Any:
         raise typer.Exit(2) from None
 
 
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-    )
+def _setup_logging(settings: Any) -> None:
+    from mqctl.logs import setup_logging
+
+    setup_logging(settings.log_level, settings.log_format)
 
 
 def _run(coro: Coroutine[Any, Any, T]) -> T:
@@ -112,13 +116,16 @@ def serve_a(
     max_backlog: MaxBacklogOpt = None,
     topic: TopicOpt = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run Service A: REST ingest (POST /messages), Swagger UI at /docs."""
     from mqctl.services.ingest import create_app
     from mqctl.services.server import Endpoint, serve
 
-    settings = _settings(broker_url=broker, max_backlog=max_backlog, topic=topic, log_level=log_level)
-    _setup_logging(settings.log_level)
+    settings = _settings(
+        broker_url=broker, max_backlog=max_backlog, topic=topic, log_level=log_level, log_format=log_format
+    )
+    _setup_logging(settings)
     _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
 
 
@@ -139,15 +146,21 @@ def serve_b(
         ),
     ] = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run Service B: WebSocket delivery at /ws, a live viewer page at /."""
     from mqctl.services.delivery import create_app
     from mqctl.services.server import Endpoint, serve
 
     settings = _settings(
-        broker_url=broker, max_backlog=max_backlog, topic=topic, poll_interval_s=poll_interval, log_level=log_level
+        broker_url=broker,
+        max_backlog=max_backlog,
+        topic=topic,
+        poll_interval_s=poll_interval,
+        log_level=log_level,
+        log_format=log_format,
     )
-    _setup_logging(settings.log_level)
+    _setup_logging(settings)
     _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
 
 
@@ -184,6 +197,7 @@ def up(
         typer.Option("--poll-interval", min=0.01, help="Service B's poll cycle in seconds.", show_default="2.0"),
     ] = None,
     log_level: LogLevelOpt = None,
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run Service A and Service B together in one process (the quickest way to try mqctl)."""
     import os
@@ -197,8 +211,14 @@ def up(
             f"[yellow]No Redis answered at {DEFAULT_BROKER_URL}; running on the embedded memory:// broker "
             "(messages live only as long as this process).[/yellow]"
         )
-    settings = _settings(broker_url=broker, max_backlog=max_backlog, poll_interval_s=poll_interval, log_level=log_level)
-    _setup_logging(settings.log_level)
+    settings = _settings(
+        broker_url=broker,
+        max_backlog=max_backlog,
+        poll_interval_s=poll_interval,
+        log_level=log_level,
+        log_format=log_format,
+    )
+    _setup_logging(settings)
     _run(_up(settings, host, port_a, port_b))
 
 

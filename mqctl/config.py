@@ -7,7 +7,7 @@ Every field can be set by the environment variable ``MQCTL_<FIELD>`` (for exampl
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     token: str | None = Field(None, description="Bearer token required by the services (unset: no auth).")
     token_file: Path | None = Field(None, description="A file holding the token (for secrets mounted as files).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines for people (text) or one JSON object a line (json)."
+    )
 
     @model_validator(mode="before")
     @classmethod
