@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 from mqctl.core.filters import Filter
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
+from mqctl.services.metrics import ConnectionCounters
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,13 @@ async def settle(action: Callable[[], Awaitable[None]], what: str, delivery: Del
         await action()
     except Exception as exc:
         log.warning(
-            "Could not %s message %s of %r for group %r: %s", what, delivery.id, delivery.topic, delivery.group, exc
+            "Could not %s message %s of %r for group %r: %s",
+            what,
+            delivery.id,
+            delivery.topic,
+            delivery.group,
+            exc,
+            extra={"message_id": delivery.id},
         )
         return False
     return True
@@ -93,6 +100,7 @@ def _nothing() -> None:
 class _Frame:
     text: str
     delivery: Delivery | None = None
+    message: bool = False
 
 
 class Connection:
@@ -109,6 +117,7 @@ class Connection:
         auto_ack: bool,
         capacity: int,
         clock: Callable[[], float] = time.monotonic,
+        counters: ConnectionCounters | None = None,
     ) -> None:
         self.websocket = websocket
         self.topic = topic
@@ -129,6 +138,7 @@ class Connection:
         self.client_gone = False
         self.ended = asyncio.Event()
         self._clock = clock
+        self._counters = counters
         self._outbox: asyncio.Queue[_Frame] = asyncio.Queue()
         self._queued = 0  # frames in the outbox; capacity bounds it
         self._drained = asyncio.Event()
@@ -138,6 +148,11 @@ class Connection:
     @property
     def closing(self) -> bool:
         return self.ended.is_set()
+
+    @property
+    def queued(self) -> int:
+        """Frames in the outbox, not yet written to the socket."""
+        return self._queued
 
     def accepts(self, message: Message) -> bool:
         return self.filter is None or self.filter(message)
@@ -161,8 +176,11 @@ class Connection:
             and now - self.full_since >= STALL_S
         )
 
-    def push(self, text: str, delivery: Delivery | None = None, *, force: bool = False) -> bool:
-        """Queue one frame; False (and nothing queued) if the outbox is full and not ``force``."""
+    def push(self, text: str, delivery: Delivery | None = None, *, force: bool = False, message: bool = False) -> bool:
+        """Queue one frame; False (and nothing queued) if the outbox is full and not ``force``.
+
+        A frame with a ``delivery`` carries a message; so does one pushed with ``message=True``
+        (a broadcast); the others are events and errors."""
         if self._queued >= self.capacity and not force:
             return False
         self._queued += 1
@@ -170,15 +188,15 @@ class Connection:
             self.full_since = self._clock()
         if delivery is not None:
             self.unacked[delivery.id] = delivery
-        self._outbox.put_nowait(_Frame(text, delivery))
+        self._outbox.put_nowait(_Frame(text, delivery, message or delivery is not None))
         return True
 
-    async def push_wait(self, text: str) -> bool:
+    async def push_wait(self, text: str, *, message: bool = False) -> bool:
         """Queue one frame once the outbox has room (the caller is cancelled if the connection ends)."""
         while self._queued >= self.capacity:
             self._drained.clear()
             await self._drained.wait()
-        return self.push(text)
+        return self.push(text, message=message)
 
     def close(self, code: int, reason: str) -> None:
         """Ask for the connection to end with ``code`` (the first reason given wins)."""
@@ -227,9 +245,12 @@ class Connection:
                 self.wake()
                 await self.websocket.send_text(frame.text)
                 delivery = frame.delivery
+                if frame.message and self._counters is not None:
+                    self._counters.sent(1 if delivery is None else delivery.attempt)
                 if delivery is not None and self.auto_ack and self.unacked.get(delivery.id) is delivery:
                     del self.unacked[delivery.id]
-                    await settle(delivery.ack, "acknowledge", delivery)
+                    if await settle(delivery.ack, "acknowledge", delivery) and self._counters is not None:
+                        self._counters.settled("ack")
         except Exception as exc:  # the socket is gone
             log.debug("WebSocket writer of %r stopped: %r", self.topic, exc)
             self.client_gone = True
@@ -295,8 +316,12 @@ class Connection:
             elif verb == "ack":
                 if not await settle(delivery.ack, "acknowledge", delivery):
                     failed.append(entry_id)
+                elif self._counters is not None:
+                    self._counters.settled("ack")
             elif not await settle(delivery.nack, "nack", delivery):
                 failed.append(entry_id)
+            elif self._counters is not None:
+                self._counters.settled("nack")
         self.wake()
         if unknown:
             more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""

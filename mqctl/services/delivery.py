@@ -2,7 +2,9 @@
 
     GET  /ws       WebSocket: messages of a topic, shared by a group or broadcast to all
     GET  /health   the process is alive   -> 200 {"status": "ok"}
-    GET  /ready    the broker answers     -> 200 {"status": "ready"} or 503 {"status": "unavailable", "detail"}
+    GET  /ready    the broker answers and every group served still exists
+                   -> 200 {"status": "ready"} or 503 {"status": "unavailable", "detail"}
+    GET  /metrics  Prometheus metrics (see ``mqctl.services.metrics``)
     GET  /         a small live viewer page (broadcast mode; ?topic=...&type=...)
 
 Query parameters of ``/ws``:
@@ -95,6 +97,7 @@ from mqctl.services.connection import (
     error_frame,
 )
 from mqctl.services.hub import Hub
+from mqctl.services.metrics import DeliveryMetrics, Observe, add_metrics_route
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +198,35 @@ async def _refuse(websocket: WebSocket, code: int, error: str, detail: str, reas
     await close_quietly(websocket, code, reason)
 
 
+async def unready_reason(broker: Broker, hub: Hub | None) -> str | None:
+    """Why this instance should not be sent clients now, or None if it is ready.
+
+    Not ready: the broker does not answer, or a group this instance reads has vanished
+    from the broker (deleted by hand); its reader recreates it from now on, so what was
+    published in between is not delivered to that group.
+    """
+    try:
+        async with asyncio.timeout(READY_TIMEOUT_S):
+            await broker.ping()
+            served: dict[str, list[str]] = {}
+            for topic, group in hub.served_groups() if hub is not None else ():
+                served.setdefault(topic, []).append(group)
+            for topic, groups in served.items():
+                stats = await broker.stats(topic)
+                missing = [g for g in groups if stats.group(g) is None]
+                if missing:
+                    return (
+                        f"Group {missing[0]!r} of topic {topic!r} has vanished from the broker (deleted by hand?); "
+                        "its reader recreates it from now on, and messages published meanwhile are not delivered "
+                        "to that group."
+                    )
+    except TimeoutError:
+        return f"The broker did not answer within {READY_TIMEOUT_S:g} s."
+    except MQError as exc:
+        return str(exc) or "The broker does not answer."
+    return None
+
+
 def _viewer_page() -> str:
     return resources.files("mqctl.services").joinpath("viewer.html").read_text(encoding="utf-8")
 
@@ -214,6 +246,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     """
     runtime = _Runtime()
     page = _viewer_page()
+    metrics = DeliveryMetrics(default_topic=settings.topic)
+    metrics.watch_hub(lambda: runtime.hub, settings.ws_send_buffer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -224,11 +258,13 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             max_message_bytes=settings.max_message_bytes,
             retention=settings.retention,
         )
-        runtime.broker, runtime.hub = active, Hub(active, settings)
+        runtime.broker, runtime.hub = active, Hub(active, settings, metrics=metrics)
+        metrics.broker_gauges.broker = active
         app.state.delivery = runtime.hub
         try:
             yield
         finally:
+            metrics.broker_gauges.broker = None
             hub, runtime.hub = runtime.hub, None
             try:
                 await hub.aclose()
@@ -241,21 +277,21 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         description="Deliver messages to WebSocket clients: shared by a group, or broadcast.",
         lifespan=lifespan,
     )
+    app.state.metrics = metrics
+    app.add_middleware(Observe, metrics=metrics)
+    add_metrics_route(app, metrics)
 
     @app.get("/health", summary="The process is alive")
     async def health() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/ready", summary="The broker answers", response_model=None)
+    @app.get("/ready", summary="The broker answers and every group served exists", response_model=None)
     async def ready() -> dict[str, str] | JSONResponse:
-        detail = "Service B is not running: its lifespan has not started."
+        detail: str | None = "Service B is not running: its lifespan has not started."
         if runtime.broker is not None:
-            try:
-                async with asyncio.timeout(READY_TIMEOUT_S):
-                    await runtime.broker.ping()
+            detail = await unready_reason(runtime.broker, runtime.hub)
+            if detail is None:
                 return {"status": "ready"}
-            except (MQError, TimeoutError) as exc:
-                detail = str(exc) or f"The broker did not answer within {READY_TIMEOUT_S:g} s."
             if settings.token:
                 detail = detail.replace(settings.token, "***")
             log.warning("Not ready: %s", detail)
@@ -291,6 +327,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             filter=params.filter,
             auto_ack=params.auto_ack,
             capacity=settings.ws_send_buffer,
+            counters=metrics.for_connection(params.topic, params.mode, params.group),
         )
         try:
             await connection.run(lambda: hub.join(connection, last_id=params.last_id))

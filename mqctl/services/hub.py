@@ -19,6 +19,7 @@ from mqctl.config import Settings
 from mqctl.core.broker import Broker
 from mqctl.core.subscription import Delivery
 from mqctl.services.connection import GOING_AWAY, Connection, dumps, settle
+from mqctl.services.metrics import DeliveryMetrics
 from mqctl.services.pumps import BroadcastPump, GroupPump, wait_for
 
 log = logging.getLogger(__name__)
@@ -31,9 +32,10 @@ SHUTDOWN_REASON = "server shutting down; reconnect to resume"
 class Hub:
     """Every connection and pump of one service instance."""
 
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: Broker, settings: Settings, *, metrics: DeliveryMetrics | None = None) -> None:
         self.broker = broker
         self.settings = settings
+        self.metrics = metrics
         self._groups: dict[tuple[str, str], GroupPump] = {}
         self._broadcasts: dict[str, BroadcastPump] = {}
         self._connections: set[Connection] = set()
@@ -47,12 +49,13 @@ class Hub:
             key = (connection.topic, connection.group or self.settings.group)
             pump = self._groups.get(key)
             if pump is None:
-                pump = self._groups[key] = GroupPump(self.broker, self.settings, *key)
+                pump = self._groups[key] = GroupPump(self.broker, self.settings, *key, self.metrics)
                 pump.start()
         else:
             pump = self._broadcasts.get(connection.topic)
             if pump is None:
-                pump = self._broadcasts[connection.topic] = BroadcastPump(self.broker, self.settings, connection.topic)
+                pump = BroadcastPump(self.broker, self.settings, connection.topic, self.metrics)
+                self._broadcasts[connection.topic] = pump
                 pump.start()
         return pump
 
@@ -109,6 +112,14 @@ class Hub:
                 if not pump.users:
                     del self._broadcasts[connection.topic]
                     self._spawn(pump.aclose())
+
+    def clients(self) -> list[Connection]:
+        """Every connection joined or joining."""
+        return list(self._connections)
+
+    def served_groups(self) -> list[tuple[str, str]]:
+        """The (topic, group) pairs this instance reads, once their reader has opened the group."""
+        return [key for key, pump in self._groups.items() if pump.opened.is_set()]
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -4,6 +4,10 @@
     POST /messages/batch   1 to 1000, all or none -> 202 {"ids", "status", "count", "topic"}
     GET  /health           the process is alive   -> 200 {"status": "ok"}
     GET  /ready            the broker answers     -> 200 {"status": "ready"} or 503
+    GET  /metrics          Prometheus metrics (see ``mqctl.services.metrics``)
+
+Every response carries ``X-Request-ID`` (the client's, if it sent a sane one), and so does
+every log line written while the request is handled.
 
 A 202 means the broker has stored the message. Every error is JSON
 ``{"error": <code>, "detail": <sentence>, ...}``:
@@ -57,6 +61,7 @@ from mqctl.core.errors import (
 )
 from mqctl.core.message import MAX_TYPE_LENGTH, Message
 from mqctl.core.names import check_name
+from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route, note_error
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +203,7 @@ class _Problem(Exception):
             self.headers["Retry-After"] = str(self.body.retry_after_s)
 
     def response(self, redact: Callable[[str], str] = str) -> JSONResponse:
+        note_error(self.body.error)
         body = self.body.model_copy(update={"detail": _shorten(redact(self.body.detail), _MAX_DETAIL)})
         return JSONResponse(body.model_dump(exclude_none=True), status_code=self.status_code, headers=self.headers)
 
@@ -463,6 +469,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     """
     default_topic = check_name("topic", settings.topic)
     redact = _redactor(settings)
+    metrics = IngestMetrics(default_topic=default_topic)
+    metrics.broker_gauges.broker = broker
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -476,12 +484,12 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             retention=settings.retention,
             publish_timeout_s=settings.publish_timeout_s,
         )
-        app.state.broker = owned
+        app.state.broker = metrics.broker_gauges.broker = owned
         log.info("Service A publishing to %s, default topic %r", redact(settings.broker_url), default_topic)
         try:
             yield
         finally:
-            app.state.broker = None
+            app.state.broker = metrics.broker_gauges.broker = None
             await owned.aclose()
 
     app = FastAPI(
@@ -491,8 +499,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.broker = broker
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(_Guard)
+    app.add_middleware(Observe, metrics=metrics)  # outermost: it times and counts what the client sees
 
     @app.exception_handler(_Problem)
     async def on_problem(request: Request, exc: _Problem) -> JSONResponse:
@@ -547,6 +557,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         topic = message.topic or default_topic
         stored = Message(message.type, message.content, message.headers)
         message_id = await broker.publish(topic, stored, idempotency_key=idempotency_key)
+        metrics.published_to(topic, 1)
         return Accepted(id=message_id, topic=topic)
 
     @app.post(
@@ -564,6 +575,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         """Store every message on one topic, all or none; answers 202 with their ids in order."""
         topic = batch.topic or default_topic
         ids = await broker.publish_many(topic, [Message(m.type, m.content, m.headers) for m in batch.messages])
+        metrics.published_to(topic, len(ids))
         return BatchAccepted(ids=ids, count=len(ids), topic=topic)
 
     @app.get("/health", summary="Liveness: the process answers")
@@ -595,6 +607,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         body = NotReady(detail=_shorten(redact(reason), _MAX_DETAIL))
         return JSONResponse(body.model_dump(), status_code=503)
 
+    add_metrics_route(app, metrics)
     return app
 
 

@@ -40,6 +40,7 @@ from mqctl.services.connection import (
     message_frame,
     settle,
 )
+from mqctl.services.metrics import DeliveryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,11 @@ def _backoff(failures: int, what: str, exc: Exception) -> float:
 class _Pump:
     """What both pumps share: their connections, their task and their retry loop."""
 
-    def __init__(self, broker: Broker, settings: Settings, topic: str) -> None:
+    def __init__(self, broker: Broker, settings: Settings, topic: str, metrics: DeliveryMetrics | None = None) -> None:
         self.broker = broker
         self.settings = settings
         self.topic = topic
+        self.metrics = metrics
         self.users: set[Connection] = set()
         """Connections joined or joining; the pump closes when the last one leaves."""
         self.connections: list[Connection] = []
@@ -128,8 +130,10 @@ class _Pump:
 class GroupPump(_Pump):
     """The one library subscription of a (topic, group) in this service instance."""
 
-    def __init__(self, broker: Broker, settings: Settings, topic: str, group: str) -> None:
-        super().__init__(broker, settings, topic)
+    def __init__(
+        self, broker: Broker, settings: Settings, topic: str, group: str, metrics: DeliveryMetrics | None = None
+    ) -> None:
+        super().__init__(broker, settings, topic, metrics)
         self.group = group
         self._changed = asyncio.Event()
         self._next = 0  # round robin position
@@ -143,6 +147,9 @@ class GroupPump(_Pump):
             max_attempts=settings.max_attempts,
             batch=100,
         )
+        if metrics is not None:
+            self._subscription.on_poll = metrics.poll_observer("group")
+            self._subscription.on_dead_letter = metrics.dead_letter_counter(topic, group)
 
     def __str__(self) -> str:
         return f"group {self.group!r} of {self.topic!r}"
@@ -231,8 +238,8 @@ class GroupPump(_Pump):
 class BroadcastPump(_Pump):
     """The one broadcast reader of a topic in this service instance."""
 
-    def __init__(self, broker: Broker, settings: Settings, topic: str) -> None:
-        super().__init__(broker, settings, topic)
+    def __init__(self, broker: Broker, settings: Settings, topic: str, metrics: DeliveryMetrics | None = None) -> None:
+        super().__init__(broker, settings, topic, metrics)
         self._reader: Broadcast | None = None
 
     def __str__(self) -> str:
@@ -242,6 +249,8 @@ class BroadcastPump(_Pump):
         if self._reader is None:
             start = await self.broker.backend.last_id(self.topic)
             self._reader = self.broker.broadcast(self.topic, last_id=start, poll_interval=self.settings.poll_interval_s)
+            if self.metrics is not None:
+                self._reader.on_poll = self.metrics.poll_observer("broadcast")
             self.opened.set()
         async for entry_id, message in self._reader:
             self._fan_out(entry_id, message)
@@ -257,7 +266,7 @@ class BroadcastPump(_Pump):
                 connection.held.append((id_key(entry_id), text))
                 if len(connection.held) <= connection.capacity:
                     continue
-            elif connection.push(text):
+            elif connection.push(text, message=True):
                 continue
             log.info("Closing a slow broadcast client of %r: its send buffer is full", self.topic)
             connection.close(TOO_SLOW, TOO_SLOW_REASON)
@@ -299,7 +308,7 @@ class BroadcastPump(_Pump):
                     continue
                 if connection.accepts(message):
                     text = message_frame(entry.id, message, attempt=1, topic=self.topic)
-                    if not await connection.push_wait(text):
+                    if not await connection.push_wait(text, message=True):
                         return
             if len(entries) < HISTORY_PAGE:
                 break
@@ -309,7 +318,7 @@ class BroadcastPump(_Pump):
         while connection.held:
             held, connection.held = connection.held, []
             for key, text in held:
-                if key > last and not await connection.push_wait(text):
+                if key > last and not await connection.push_wait(text, message=True):
                     return
         connection.held = None
 
