@@ -76,6 +76,9 @@ class TopicStats:
     last_id: str = "0-0"
     first_id: str | None = None
     """The oldest retained entry (a broadcast resume from before it has lost history)."""
+    partitions: int = 1
+    """Streams the topic is split into; with more than one, ids and positions name their
+    partition (``"<p>:<ms>-<seq>"``) and the counts are sums over the partitions."""
 
     @property
     def backlog(self) -> int:
@@ -117,6 +120,12 @@ class Backend(Protocol):
         ``limits.default_group`` reading from its start) on first use, and trims
         acknowledged history beyond ``limits.retention``, never anything a group still needs.
         """
+        ...
+
+    async def partitions(self, topic: str, *, create: int | None = None) -> int:
+        """The partition count stored for ``topic`` (1 if none is). With ``create``, a topic that
+        has none stores ``create`` (or 1 if it already holds a stream: it was used unpartitioned).
+        Atomic: concurrent callers all get the count that was stored first."""
         ...
 
     async def create_group(self, topic: str, group: str, *, from_start: bool) -> bool:
