@@ -9,6 +9,10 @@ stays atomic there. Topic names may not contain braces (``check_name`` refuses t
     <prefix>:{<topic>}:dead          dead letters (a stream of {id, m, group, reason, attempts})
     <prefix>:{<topic>}:created       set on the topic's first publish (creates the default group)
     <prefix>:{<topic>}:idem:<key>    the id stored under an idempotency key, with a TTL
+    <prefix>:{<topic>}:meta          the topic's settings (a hash: ``partitions``)
+
+A partition ``p > 0`` of a partitioned topic is stored as the internal topic ``<topic>#<p>``
+(see ``mqctl.core.partitions``), with keys of its own and so a hash tag, and a slot, of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ class Keyspace:
 
     def created(self, topic: str) -> str:
         return f"{self._tagged(topic)}:created"
+
+    def meta(self, topic: str) -> str:
+        return f"{self._tagged(topic)}:meta"
 
     def idempotency(self, topic: str, key: str) -> str:
         return f"{self._tagged(topic)}:idem:{key}"

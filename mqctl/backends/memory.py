@@ -106,6 +106,7 @@ class _Topic:
 class _Store:
     def __init__(self) -> None:
         self.topics: dict[str, _Topic] = {}
+        self.partitions: dict[str, int] = {}
         self.ids = IdClock(lambda: time.time_ns() // 1_000_000)
 
 
@@ -183,6 +184,17 @@ class MemoryBackend:
             return None
         return known[0]
 
+    async def partitions(self, topic: str, *, create: int | None = None) -> int:
+        self._check_open()
+        known = self._store.partitions.get(topic)
+        if known is not None:
+            return known
+        if create is None:
+            return 1
+        t = self._store.topics.get(topic)
+        count = self._store.partitions[topic] = 1 if t is not None and (t.keys or t.groups) else create
+        return count
+
     async def create_group(self, topic: str, group: str, *, from_start: bool) -> bool:
         t = self._topic(topic, create=True)
         assert t is not None
@@ -191,7 +203,11 @@ class MemoryBackend:
         t.groups[group] = _Group(ZERO if from_start else (t.keys[-1] if t.keys else ZERO))
         return True
 
-    async def read_group(self, topic: str, group: str, consumer: str, *, count: int, block_s: float) -> list[Entry]:
+    async def read_group(
+        self, topic: str, group: str, consumer: str, *, count: int, block_s: float, ack: Sequence[str] = ()
+    ) -> list[Entry]:
+        if ack:
+            await self.ack(topic, group, ack)
         deadline = self._monotonic() + block_s
         while True:
             t = self._topic(topic, create=True)

@@ -82,6 +82,7 @@ class RedisBackend:
         self._add = client.register_script(scripts.ADD)
         self._reclaim = client.register_script(scripts.RECLAIM)
         self._dead_letter = client.register_script(scripts.DEAD_LETTER)
+        self._partitions = client.register_script(scripts.PARTITIONS)
         self._registered: set[str] = set()
 
     @contextlib.asynccontextmanager
@@ -182,6 +183,13 @@ class RedisBackend:
             return reply
         raise AssertionError("unreachable")
 
+    async def partitions(self, topic: str, *, create: int | None = None) -> int:
+        async with self._errors():
+            reply = await self._partitions(
+                keys=[self.keys.meta(topic), self.keys.stream(topic)], args=["" if create is None else create]
+            )
+        return int(reply)
+
     # -- groups -------------------------------------------------------------------
 
     async def create_group(self, topic: str, group: str, *, from_start: bool) -> bool:
@@ -196,12 +204,20 @@ class RedisBackend:
                 raise
         return True
 
-    async def read_group(self, topic: str, group: str, consumer: str, *, count: int, block_s: float) -> list[Entry]:
+    async def read_group(
+        self, topic: str, group: str, consumer: str, *, count: int, block_s: float, ack: Sequence[str] = ()
+    ) -> list[Entry]:
         stream = self.keys.stream(topic)
         block_ms = max(1, int(block_s * 1000))
         async with self._errors(block_s + self.command_timeout_s):
             try:
-                reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+                if ack:  # the acks ride with the read: one round trip for both
+                    pipe = self.client.pipeline(transaction=False)
+                    pipe.xack(stream, group, *ack)
+                    pipe.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
+                    reply = (await pipe.execute())[1]
+                else:
+                    reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
             except rex.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
@@ -210,7 +226,7 @@ class RedisBackend:
                 return []
         if not reply:
             return []
-        return [Entry(_text(entry_id), fields.get(b"m", b""), 1) for entry_id, fields in reply[0][1]]
+        return [Entry(entry_id.decode(), fields.get(b"m", b""), 1) for entry_id, fields in reply[0][1]]
 
     async def reclaim(
         self,

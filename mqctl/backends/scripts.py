@@ -161,3 +161,13 @@ bury(KEYS[1], KEYS[2], ARGV[1], ARGV[2], ARGV[3], ARGV[4])
 return 1
 """
 )
+
+# KEYS: meta, stream. ARGV: the count to store if none is ('' : store nothing). Returns the count.
+PARTITIONS = r"""
+local n = redis.call('HGET', KEYS[1], 'partitions')
+if n then return tonumber(n) end
+if ARGV[1] == '' then return 1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then n = 1 else n = tonumber(ARGV[1]) end
+redis.call('HSET', KEYS[1], 'partitions', n)
+return n
+"""

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mqctl.core.errors import QueueFull
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """One stored message as a backend returns it."""
+class Entry(NamedTuple):
+    """One stored message as a backend returns it (a tuple: made per message, kept cheap)."""
 
     id: str
     payload: bytes
@@ -132,9 +131,12 @@ class Backend(Protocol):
         """Create ``group`` (reading from the topic's start, or from now); False if it existed."""
         ...
 
-    async def read_group(self, topic: str, group: str, consumer: str, *, count: int, block_s: float) -> list[Entry]:
+    async def read_group(
+        self, topic: str, group: str, consumer: str, *, count: int, block_s: float, ack: Sequence[str] = ()
+    ) -> list[Entry]:
         """Up to ``count`` entries never delivered to the group, waiting up to ``block_s``
         for one to arrive; they become pending for ``consumer`` with attempt 1.
+        First acknowledges ``ack`` (in the same round trip, where the store allows).
         Recreates the group at the topic's end if it was deleted."""
         ...
 

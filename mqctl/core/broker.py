@@ -20,6 +20,7 @@ from mqctl.core.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError,
 from mqctl.core.filters import Predicate
 from mqctl.core.message import Message, as_message, encode
 from mqctl.core.names import check_name
+from mqctl.core.partitions import Partitioned, check_partitions, join_id, pick, split_id, stream_name
 from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Broadcast, Subscription
 
@@ -69,6 +70,8 @@ class Broker:
 
     def __init__(self, backend: Backend, options: BrokerOptions | None = None, *, url: str = "") -> None:
         self.backend = backend
+        self.partitioned = Partitioned(backend)
+        """The storage view subscriptions use: a partitioned topic reads as one topic."""
         self.options = options or BrokerOptions()
         self.url = url
         self._limits = Limits(
@@ -83,25 +86,80 @@ class Broker:
     # -- publishing ---------------------------------------------------------------
 
     async def publish(
-        self, topic: str, message: Message | Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        topic: str,
+        message: Message | Mapping[str, Any],
+        *,
+        key: str | None = None,
+        idempotency_key: str | None = None,
     ) -> str:
         """Store ``message`` on ``topic`` and return its id once the backend has it.
 
+        On a partitioned topic, ``key`` picks the partition (same key, same partition, so
+        messages of one key keep their order); without one, partitions are filled in turn.
         Concurrent calls share round trips. Raises ``InvalidMessage``, ``MessageTooLarge``,
         ``QueueFull`` (nothing stored), ``PublishTimeout`` or ``BrokerUnavailable``.
         """
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
             raise ConfigError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}.")
         unit = [self._outgoing(message, idempotency_key)]
-        ids = await self._coalescer(topic).submit(unit)
-        return ids[0]
+        n = self.partitioned.known(topic)
+        if n == 1:  # the common case, kept as short as before partitions
+            return (await self._coalescer(topic).submit(unit))[0]
+        # A retried publish must find its idempotency key where it stored it: the key picks too.
+        return (await self._submit(topic, unit, key if key is not None else idempotency_key))[0]
 
-    async def publish_many(self, topic: str, messages: Iterable[Message | Mapping[str, Any]]) -> list[str]:
-        """Store every message in one round trip, all or none, and return their ids in order."""
+    async def publish_many(
+        self, topic: str, messages: Iterable[Message | Mapping[str, Any]], *, key: str | None = None
+    ) -> list[str]:
+        """Store every message in one round trip, all or none, and return their ids in order.
+
+        On a partitioned topic they all go to one partition (``key``'s, or the next in turn).
+        """
         unit = [self._outgoing(m, None) for m in messages]
         if not unit:
             return []
-        return await self._coalescer(topic).submit(unit)
+        if self.partitioned.known(topic) == 1:
+            return await self._coalescer(topic).submit(unit)
+        return await self._submit(topic, unit, key)
+
+    async def _submit(self, topic: str, unit: list[Outgoing], key: str | None) -> list[str]:
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
+        n = await self._count(topic)
+        if n == 1:
+            return await self._coalescer(topic).submit(unit)
+        p = pick(key, n) if key is not None else self.partitioned.next_partition(topic, n)
+        ids = await self._coalescer(stream_name(topic, p, n), topic).submit(unit)
+        return [join_id(p, i) for i in ids]
+
+    async def _count(self, topic: str, create: int = 1) -> int:
+        """The topic's partition count (fixed at ``create`` on its first use), within the publish deadline."""
+        check_name("topic", topic)
+        return await retry_call(
+            lambda: self.partitioned.count(topic, create=create),
+            policy=self.options.publish_retry,
+            deadline_s=self.options.publish_timeout_s,
+            should_retry=_should_retry,
+        )
+
+    async def create_topic(self, topic: str, *, partitions: int = 1) -> int:
+        """Create ``topic`` with ``partitions`` partitions, so a hot topic spreads over a cluster.
+
+        Idempotent. A topic keeps the count it was created with: one that exists with another
+        count (a topic first used without ``create_topic`` has 1) raises ``ConfigError``.
+        Returns the count.
+        """
+        check_partitions(partitions)
+        n = await self._count(topic, create=partitions)
+        if n != partitions:
+            raise ConfigError(
+                f"Topic {topic!r} already exists with {n} partition(s), not {partitions}; the count is fixed "
+                "when a topic is first used. Use another topic name, or keep the count it has."
+            )
+        if n > 1:
+            await self.partitioned.create_group(topic, self.options.default_group or DEFAULT_GROUP, from_start=True)
+        return n
 
     def _outgoing(self, message: Message | Mapping[str, Any], key: str | None) -> Outgoing:
         payload = encode(as_message(message))
@@ -109,15 +167,20 @@ class Broker:
             raise MessageTooLarge(len(payload), self.options.max_message_bytes)
         return Outgoing(payload, key)
 
-    def _coalescer(self, topic: str) -> Coalescer[list[Outgoing], list[str]]:
-        coalescer = self._coalescers.get(topic)
+    def _coalescer(self, stream: str, topic: str | None = None) -> Coalescer[list[Outgoing], list[str]]:
+        """The coalescer of one stream: a topic, or (``topic`` given) one partition of it."""
+        coalescer = self._coalescers.get(stream)
         if coalescer is None:
-            check_name("topic", topic)
+            if topic is None:
+                check_name("topic", stream)
 
             async def send(units: Sequence[list[Outgoing]]) -> list[list[str] | QueueFull]:
-                return await self._add(topic, units)
+                results = await self._add(stream, units)
+                if topic is None:
+                    return results
+                return [QueueFull(topic, r.backlog, r.max_backlog) if isinstance(r, QueueFull) else r for r in results]
 
-            coalescer = self._coalescers[topic] = Coalescer(send, max_batch=self.options.max_batch)
+            coalescer = self._coalescers[stream] = Coalescer(send, max_batch=self.options.max_batch)
         return coalescer
 
     async def _add(self, topic: str, units: Sequence[Sequence[Outgoing]]) -> list[list[str] | QueueFull]:
@@ -187,23 +250,23 @@ class Broker:
 
     async def create_group(self, topic: str, group: str, *, from_start: bool = True) -> bool:
         """Create ``group`` on ``topic`` so it keeps every message from now (or from the start)."""
-        return await self.backend.create_group(
+        return await self.partitioned.create_group(
             check_name("topic", topic), check_name("group", group), from_start=from_start
         )
 
     # -- operating ----------------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:
-        """Length, backlog, pending per group and dead-letter count of ``topic``."""
-        return await self.backend.stats(check_name("topic", topic))
+        """Length, backlog, pending per group, dead-letter count and partitions of ``topic``."""
+        return await self.partitioned.stats(check_name("topic", topic))
 
     async def topics(self) -> list[str]:
         """Every topic that has had a message."""
-        return sorted(await self.backend.topics())
+        return sorted(await self.partitioned.topics())
 
     async def dead_letters(self, topic: str, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
         """Dead letters of ``topic``, oldest first."""
-        return await self.backend.dead_letters(check_name("topic", topic), count=count, after=after)
+        return await self.partitioned.dead_letters(check_name("topic", topic), count=count, after=after)
 
     async def replay(self, topic: str, ids: Sequence[str] | None = None) -> list[str]:
         """Publish dead letters back onto ``topic`` (all, or those in ``ids``) and remove them.
@@ -212,6 +275,19 @@ class Broker:
         dead letters (a duplicate), never a loss.
         """
         check_name("topic", topic)
+        n = await self.partitioned.peek(topic)  # without creating the topic
+        if n > 1:
+            replayed: list[str] = []
+            for p in range(n):
+                mine = None if ids is None else [raw for i in ids for q, raw in [split_id(i)] if q == p]
+                if mine == []:
+                    continue
+                got = await self._replay(stream_name(topic, p, n), mine)
+                replayed.extend(join_id(p, i) for i in got)
+            return replayed
+        return await self._replay(topic, ids)
+
+    async def _replay(self, topic: str, ids: Sequence[str] | None) -> list[str]:
         wanted = None if ids is None else set(ids)
         replayed: list[str] = []
         after = "-"
@@ -236,7 +312,7 @@ class Broker:
 
     async def purge_dead_letters(self, topic: str) -> int:
         """Delete every dead letter of ``topic``; returns how many there were."""
-        return await self.backend.remove_dead_letters(check_name("topic", topic), None)
+        return await self.partitioned.remove_dead_letters(check_name("topic", topic), None)
 
     async def ping(self) -> None:
         """Return when the broker answers; raise ``BrokerUnavailable`` otherwise."""
@@ -247,7 +323,7 @@ class Broker:
         for coalescer in list(self._coalescers.values()):
             await coalescer.aclose()
         await asyncio.gather(*(s.aclose() for s in list(self._subscriptions)), return_exceptions=True)
-        await self.backend.aclose()
+        await self.partitioned.aclose()
 
     async def __aenter__(self) -> Broker:
         return self

@@ -19,6 +19,11 @@ MAX_TYPE_LENGTH = 256
 
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
+try:  # orjson parses several times faster; the standard library is the fallback
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover
+    _loads = json.loads
+
 
 @dataclass(frozen=True, slots=True)
 class Message:
@@ -84,9 +89,22 @@ def encode(message: Message) -> bytes:
 
 
 def decode(data: bytes | str) -> Message:
-    """The message in ``data``, as written by ``encode``."""
+    """The message in ``data``, as written by ``encode``. Raises ``InvalidMessage``."""
     try:
-        raw = json.loads(data)
-        return Message(raw["type"], raw.get("content"), raw.get("headers") or {})
+        raw = _loads(data)
+        kind, headers = raw["type"], raw.get("headers") or {}
     except (ValueError, KeyError, TypeError) as exc:
         raise InvalidMessage(f"Stored message is not in mqctl's format: {data[:80]!r}.") from exc
+    if (
+        type(kind) is not str
+        or not kind
+        or type(headers) is not dict
+        or not all(type(k) is str and type(v) is str for k, v in headers.items())
+    ):
+        return Message(kind, raw.get("content"), headers)  # the full checks say what is wrong
+    # Written by encode(), so already valid: skip the per-field checks on this hot path.
+    message = object.__new__(Message)
+    object.__setattr__(message, "type", kind)
+    object.__setattr__(message, "content", raw.get("content"))
+    object.__setattr__(message, "headers", headers)
+    return message

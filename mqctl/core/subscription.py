@@ -20,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -28,6 +28,7 @@ from mqctl.core.backend import Entry
 from mqctl.core.errors import ConfigError, InvalidMessage, SubscriptionClosed
 from mqctl.core.filters import Filter, Predicate, as_filter
 from mqctl.core.message import Message, decode
+from mqctl.core.partitions import advance
 
 if TYPE_CHECKING:
     from mqctl.core.broker import Broker
@@ -47,11 +48,16 @@ class Delivery:
     _subscription: Subscription = field(repr=False)
     _settled: bool = field(default=False, repr=False)
 
-    async def ack(self) -> None:
-        """Acknowledge: the group is done with this message."""
-        if not self._settled:
-            self._settled = True
-            await self._subscription._ack(self.id)
+    def ack(self) -> Awaitable[None]:
+        """Acknowledge: the group is done with this message. Await the result.
+
+        The ack usually rides with the subscription's next read (no round trip of its
+        own); it is sent at once when no read is coming soon.
+        """
+        if self._settled:
+            return _DONE
+        self._settled = True
+        return self._subscription._ack(self.id)
 
     async def nack(self, delay: float | None = None, *, reason: str = "nacked by the consumer") -> None:
         """Give the message back for redelivery after ``delay`` seconds (default: the backoff
@@ -60,6 +66,19 @@ class Delivery:
         if not self._settled:
             self._settled = True
             await self._subscription._nack(self, delay, reason)
+
+
+class _Done:
+    """An awaitable that is already complete (cheaper than a coroutine on a hot path)."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[None, None, None]:
+        return
+        yield
+
+
+_DONE = _Done()
 
 
 def _check_positive(name: str, value: float) -> None:
@@ -76,7 +95,7 @@ class _Reader:
             raise ConfigError(f"batch must be a positive integer, got {batch!r}.")
         self.broker = broker
         self.topic = topic
-        self.filter: Filter = as_filter(filter)
+        self.filter: Filter | None = None if filter is None else as_filter(filter)
         self.poll_interval_s = poll_interval_s
         self.batch = batch
         self._buffer: deque[Entry] = deque()
@@ -109,6 +128,8 @@ class _Reader:
             self.broker._subscriptions.add(self)  # type: ignore[arg-type]
 
     async def _next_entry(self) -> Entry:
+        if self._buffer and not self._closed:  # the common case, kept short
+            return self._buffer.popleft()
         if self._closed and self._iterated:
             raise StopAsyncIteration  # closed from elsewhere mid-loop: the loop ends
         await self._ensure_open()
@@ -194,13 +215,13 @@ class Subscription(_Reader):
             self.on_dead_letter(count)
 
     async def _open(self) -> None:
-        await self.broker.backend.create_group(self.topic, self.group, from_start=self.from_start)
+        await self.broker.partitioned.create_group(self.topic, self.group, from_start=self.from_start)
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Delivery:
-        backend = self.broker.backend
+        backend = self.broker.partitioned
         while True:
             entry = await self._next_entry()
             message = self._decode(entry)
@@ -214,17 +235,17 @@ class Subscription(_Reader):
                 )
                 self._dead_lettered(int(moved))
                 continue
-            if not self.filter(message):
+            if self.filter is not None and not self.filter(message):
                 self._acks.append(entry.id)  # filtered out: done for this group only
                 continue
             self._outstanding.add(entry.id)
             return Delivery(entry.id, message, entry.attempt, self.topic, self.group, self)
 
     async def _fill(self) -> None:
-        backend = self.broker.backend
-        await self._flush_acks()
+        backend = self.broker.partitioned
         now = self._clock()
         if now >= self._next_reclaim:
+            await self._flush_acks()
             self._next_reclaim = now + self.reclaim_every_s
             claimed, dead = await backend.reclaim(
                 self.topic,
@@ -242,28 +263,38 @@ class Subscription(_Reader):
                 self._buffer.extend(claimed)
                 return
         block_s = max(0.001, min(self.poll_interval_s, self._next_reclaim - now))
-        self._buffer.extend(
-            await backend.read_group(self.topic, self.group, self.consumer, count=self.batch, block_s=block_s)
-        )
+        acks, self._acks = self._acks, []
+        try:
+            entries = await backend.read_group(
+                self.topic, self.group, self.consumer, count=self.batch, block_s=block_s, ack=acks
+            )
+        except BaseException:
+            self._acks[:0] = acks  # not sent (or not known to be): keep them for the next try
+            raise
+        self._buffer.extend(entries)
 
     async def _flush_acks(self) -> None:
         if self._acks:
             ids, self._acks = self._acks, []
-            await self.broker.backend.ack(self.topic, self.group, ids)
+            await self.broker.partitioned.ack(self.topic, self.group, ids)
 
-    async def _ack(self, entry_id: str) -> None:
+    def _ack(self, entry_id: str) -> Awaitable[None]:
+        # Not a coroutine: the common case (queue the ack for the next read) costs no frame.
         self._outstanding.discard(entry_id)
         if self._closed or self._fetch is not None:
             # No read is coming soon to carry the ack: send it now.
-            await self.broker.backend.ack(self.topic, self.group, [entry_id])
-            return
+            return self._send_ack(entry_id)
         self._acks.append(entry_id)
-        if len(self._acks) >= self.batch:
-            await self._flush_acks()
+        if len(self._acks) >= 10 * self.batch:  # normally they ride with the next read
+            return self._flush_acks()
+        return _DONE
+
+    async def _send_ack(self, entry_id: str) -> None:
+        await self.broker.partitioned.ack(self.topic, self.group, [entry_id])
 
     async def _nack(self, delivery: Delivery, delay_s: float | None, reason: str) -> None:
         self._outstanding.discard(delivery.id)
-        backend = self.broker.backend
+        backend = self.broker.partitioned
         if delivery.attempt >= self.max_attempts:
             moved = await backend.dead_letter(
                 self.topic,
@@ -293,12 +324,13 @@ class Subscription(_Reader):
         if self._closed:
             return
         await super().aclose()
-        backend = self.broker.backend
+        backend = self.broker.partitioned
         unsettled = [e.id for e in self._buffer] + sorted(self._outstanding)
         self._buffer.clear()
         self._outstanding.clear()
         try:
             await self._flush_acks()
+            await backend.forget(self.topic, self.group, self.consumer)
             if unsettled:
                 await backend.release(
                     self.topic,
@@ -332,8 +364,7 @@ class Broadcast(_Reader):
         self.last_id = last_id
 
     async def _open(self) -> None:
-        if self.last_id is None:
-            self.last_id = await self.broker.backend.last_id(self.topic)
+        self.last_id = await self.broker.partitioned.position(self.topic, self.last_id)
 
     def __aiter__(self) -> Broadcast:
         return self
@@ -341,15 +372,15 @@ class Broadcast(_Reader):
     async def __anext__(self) -> tuple[str, Message]:
         while True:
             entry = await self._next_entry()
-            self.last_id = entry.id
+            self.last_id = entry.id if ":" not in entry.id else advance(self.last_id or "", entry.id)
             message = self._decode(entry)
-            if message is not None and self.filter(message):
+            if message is not None and (self.filter is None or self.filter(message)):
                 return entry.id, message
 
     async def _fill(self) -> None:
         assert self.last_id is not None  # set by _open
         self._buffer.extend(
-            await self.broker.backend.read_after(
+            await self.broker.partitioned.read_after(
                 self.topic, self.last_id, count=self.batch, block_s=self.poll_interval_s
             )
         )

@@ -28,7 +28,7 @@ def test_broker_options_reach_the_broker() -> None:
 @pytest.mark.parametrize("url", ["foo://x", "kafka://localhost:9092"])
 def test_unknown_scheme_raises_config_error_listing_the_known_ones(url: str) -> None:
     """An unknown scheme raises ConfigError that names the schemes mqctl knows."""
-    with pytest.raises(mqctl.ConfigError, match="memory, redis, rediss"):
+    with pytest.raises(mqctl.ConfigError, match=r"memory, redis, redis\+cluster, rediss, rediss\+cluster"):
         mqctl.open_broker(url)
 
 
@@ -92,3 +92,43 @@ async def test_closed_memory_broker_is_unavailable() -> None:
 
     with pytest.raises(mqctl.BrokerUnavailable):
         await broker.ping()
+
+
+def test_cluster_url_lists_its_seed_nodes() -> None:
+    """redis+cluster://h:p,h:p opens the cluster backend with every listed node as a seed (nothing connects yet)."""
+    from mqctl.backends.cluster import ClusterBackend
+
+    broker = mqctl.open_broker("redis+cluster://user:secret@127.0.0.1:7000,127.0.0.2:7001", prefix="t")
+
+    assert isinstance(broker.backend, ClusterBackend)
+    assert [(n.host, n.port) for n in broker.backend.client.startup_nodes] == [("127.0.0.1", 7000), ("127.0.0.2", 7001)]
+    assert "secret" not in broker.backend.display_url
+
+
+def test_rediss_cluster_url_uses_tls() -> None:
+    """rediss+cluster:// connects every node over TLS."""
+    from redis.asyncio.connection import SSLConnection
+
+    broker = mqctl.open_broker("rediss+cluster://127.0.0.1:7000")
+
+    assert broker.backend.client.connection_kwargs["connection_class"] is SSLConnection  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("redis+cluster://127.0.0.1:7000/3", "only database 0"),
+        ("redis+cluster://127.0.0.1:notaport", "Invalid node"),
+    ],
+)
+def test_bad_cluster_url_raises_config_error(url: str, match: str) -> None:
+    """A cluster URL naming a database other than 0, or a node without a port number, raises ConfigError."""
+    with pytest.raises(mqctl.ConfigError, match=match):
+        mqctl.open_broker(url)
+
+
+def test_replica_wait_options_are_checked() -> None:
+    """min_replicas must be a whole number >= 0 (the replica wait is off by default)."""
+    assert mqctl.open_broker("redis://127.0.0.1:1/0").backend.min_replicas == 0  # type: ignore[attr-defined]
+    with pytest.raises(mqctl.ConfigError, match="min_replicas"):
+        mqctl.open_broker("redis+cluster://127.0.0.1:7000", min_replicas=-1)
