@@ -15,6 +15,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from mqctl import cli_ops
 from mqctl.core.errors import MQError
 
 T = TypeVar("T")
@@ -469,6 +470,10 @@ def loadtest(
     drain_timeout: Annotated[
         float, typer.Option("--drain-timeout", min=0.0, help="Seconds to wait for stragglers after publishing.")
     ] = 30.0,
+    listen_query: Annotated[
+        str,
+        typer.Option("--listen-query", help="Extra query parameters for the listeners, e.g. 'type=x' to filter."),
+    ] = "",
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")] = False,
     token: TokenOpt = None,
 ) -> None:
@@ -493,6 +498,7 @@ def loadtest(
         direct_url=direct,
         drain_timeout_s=drain_timeout,
         token=token,
+        listen_query=listen_query,
     )
     report = _run(_loadtest(spec, show_progress=not as_json))
     if as_json:
@@ -551,6 +557,12 @@ def _print_report(report: Any) -> None:
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)
+
+
+# -- operating (mqctl/cli_ops.py) ---------------------------------------------------
+
+app.command("stats")(cli_ops.stats)
+app.add_typer(cli_ops.dlq_app, name="dlq")
 
 
 @app.command()

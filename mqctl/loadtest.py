@@ -44,6 +44,8 @@ class LoadSpec:
     topic: str = "loadtest"
     token: str | None = None
     measure_ceiling: bool = True
+    listen_query: str = ""
+    """Extra query parameters for the listeners' WebSocket URL (e.g. ``type=x`` to filter)."""
 
 
 @dataclass(slots=True)
@@ -196,6 +198,8 @@ async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) ->
 
     spec = run.spec
     query = f"topic={run.topic}&header=run:{run.run_id}"
+    if spec.listen_query:
+        query += "&" + spec.listen_query.lstrip("&?")
     if spec.token:
         query += f"&token={spec.token}"
     headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else None
