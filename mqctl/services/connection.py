@@ -41,13 +41,17 @@ INTERNAL_ERROR = 1011
 TOO_SLOW = 4001
 TOO_SLOW_REASON = "send buffer full: client too slow; reconnect to resume"
 
-IdKey = tuple[int, int]
+IdKey = tuple[int, int, int]
 
 
 def id_key(entry_id: str) -> IdKey:
-    """A message id ``"<ms>-<seq>"`` as a tuple that sorts like the ids do."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
+    """A message id ``"<ms>-<seq>"`` (or ``"<partition>:<ms>-<seq>"``) as ``(partition, ms, seq)``:
+    ids of one partition sort like the tuples do."""
+    partition, colon, rest = entry_id.partition(":")
+    if not colon:
+        partition, rest = "0", entry_id
+    ms, _, seq = rest.partition("-")
+    return int(partition), int(ms), int(seq or 0)
 
 
 def dumps(frame: dict[str, Any]) -> str:

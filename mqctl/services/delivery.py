@@ -19,7 +19,11 @@ Query parameters of ``/ws``:
     group=NAME          the group in group mode (default ``settings.group``)
     auto_ack=true       acknowledge each message once it is written to the socket (default false)
     last_id=ID          broadcast mode only: first send what was retained after ID (a resume);
-                        ``0-0`` means everything retained
+                        ``0-0`` means everything retained. On a partitioned topic, message ids are
+                        ``P:MS-SEQ`` and a resume names the last id seen of each partition:
+                        ``0:MS-SEQ,1:MS-SEQ,...`` (a partition left out resumes from the oldest
+                        time named: perhaps a repeat, never a gap; ``mqctl.clients.Listener``
+                        keeps this position by itself)
     token=SECRET        when ``settings.token`` is set (or send ``Authorization: Bearer SECRET``)
 
 Frames from the server, one JSON object each; a connection that is accepted first gets ``subscribed``:
@@ -102,7 +106,7 @@ from mqctl.services.metrics import DeliveryMetrics, Observe, add_metrics_route
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
-_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
+_ID = re.compile(r"(\d{1,3}:)?\d{1,20}(-\d{1,20})?(,\d{1,3}:\d{1,20}(-\d{1,20})?){0,255}")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 

@@ -108,10 +108,18 @@ class NewMessage(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="String keys to string values.")
 
 
+PartitionKey = Annotated[str, Field(min_length=1, max_length=200)]
+_KEY_DOC = (
+    "On a partitioned topic, picks the partition: messages with the same key keep their order. "
+    "Ignored on a topic of one partition."
+)
+
+
 class PublishRequest(NewMessage):
     """One message and, optionally, the topic to publish it on."""
 
     topic: TopicName | None = Field(None, description="The topic; the service's default topic when omitted.")
+    key: PartitionKey | None = Field(None, description=_KEY_DOC)
 
 
 class BatchRequest(BaseModel):
@@ -124,6 +132,7 @@ class BatchRequest(BaseModel):
 
     messages: list[NewMessage] = Field(min_length=1, max_length=MAX_BATCH)
     topic: TopicName | None = Field(None, description="The topic; the service's default topic when omitted.")
+    key: PartitionKey | None = Field(None, description=_KEY_DOC + " The whole batch goes to its partition.")
 
 
 class Accepted(BaseModel):
@@ -556,7 +565,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         """Store one message on a topic; answers 202 with its id once the broker has it."""
         topic = message.topic or default_topic
         stored = Message(message.type, message.content, message.headers)
-        message_id = await broker.publish(topic, stored, idempotency_key=idempotency_key)
+        message_id = await broker.publish(topic, stored, key=message.key, idempotency_key=idempotency_key)
         metrics.published_to(topic, 1)
         return Accepted(id=message_id, topic=topic)
 
@@ -574,7 +583,9 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     ) -> BatchAccepted:
         """Store every message on one topic, all or none; answers 202 with their ids in order."""
         topic = batch.topic or default_topic
-        ids = await broker.publish_many(topic, [Message(m.type, m.content, m.headers) for m in batch.messages])
+        ids = await broker.publish_many(
+            topic, [Message(m.type, m.content, m.headers) for m in batch.messages], key=batch.key
+        )
         metrics.published_to(topic, len(ids))
         return BatchAccepted(ids=ids, count=len(ids), topic=topic)
 

@@ -29,6 +29,7 @@ from mqctl.config import Settings
 from mqctl.core.broker import Broker
 from mqctl.core.errors import BrokerUnavailable, InvalidMessage, SubscriptionClosed
 from mqctl.core.message import Message, decode
+from mqctl.core.partitions import join_id, parse_cursor, stream_name
 from mqctl.core.retry import RetryPolicy
 from mqctl.core.subscription import Broadcast, Delivery
 from mqctl.services.connection import (
@@ -247,7 +248,7 @@ class BroadcastPump(_Pump):
 
     async def _pump(self) -> None:
         if self._reader is None:
-            start = await self.broker.backend.last_id(self.topic)
+            start = await self.broker.partitioned.last_id(self.topic)
             self._reader = self.broker.broadcast(self.topic, last_id=start, poll_interval=self.settings.poll_interval_s)
             if self.metrics is not None:
                 self._reader.on_poll = self.metrics.poll_observer("broadcast")
@@ -280,6 +281,10 @@ class BroadcastPump(_Pump):
         """
         connection.held = []
         self.attach(connection)
+        partitions = await self._patiently(lambda: self.broker.partitioned.count(self.topic), connection)
+        if partitions > 1:
+            await self._resume_partitions(connection, parse_cursor(last_id, partitions))
+            return
         if last_id not in ("0", "0-0"):  # "0-0" asks for everything retained: nothing is lost
             stats = await self._patiently(lambda: self.broker.stats(self.topic), connection)
             if stats.first_id is not None and id_key(last_id) < id_key(stats.first_id):
@@ -319,6 +324,36 @@ class BroadcastPump(_Pump):
             held, connection.held = connection.held, []
             for key, text in held:
                 if key > last and not await connection.push_wait(text, message=True):
+                    return
+        connection.held = None
+
+    async def _resume_partitions(self, connection: Connection, cursor: list[str]) -> None:
+        """``resume`` for a partitioned topic: each partition's history after its own id."""
+        partitions = len(cursor)
+        for p in range(partitions):
+            stream = stream_name(self.topic, p, partitions)
+            while True:
+                read = functools.partial(
+                    self.broker.backend.read_after, stream, cursor[p], count=HISTORY_PAGE, block_s=0.001
+                )
+                entries = await self._patiently(read, connection)
+                for entry in entries:
+                    cursor[p] = entry.id
+                    try:
+                        message = decode(entry.payload)
+                    except InvalidMessage:
+                        continue
+                    if connection.accepts(message):
+                        text = message_frame(join_id(p, entry.id), message, attempt=1, topic=self.topic)
+                        if not await connection.push_wait(text, message=True):
+                            return
+                if len(entries) < HISTORY_PAGE:
+                    break
+        last = [id_key(join_id(p, raw)) for p, raw in enumerate(cursor)]
+        while connection.held:
+            held, connection.held = connection.held, []
+            for key, text in held:
+                if key > last[key[0]] and not await connection.push_wait(text, message=True):
                     return
         connection.held = None
 
