@@ -37,7 +37,8 @@ BrokerOpt = Annotated[
     str | None,
     typer.Option(
         "--broker",
-        help="Broker URL: memory://, redis://[user:password@]host:port/db or rediss://...",
+        help="Broker URL: memory://, redis://[user:password@]host:port/db, rediss://..., "
+        "or redis+cluster://host:port[,host:port...] (rediss+cluster:// for TLS)",
         show_default="redis://127.0.0.1:6379/0, env MQCTL_BROKER_URL",
     ),
 ]
@@ -116,6 +117,16 @@ def serve_a(
     broker: BrokerOpt = None,
     max_backlog: MaxBacklogOpt = None,
     topic: TopicOpt = None,
+    replicas: Annotated[
+        int | None,
+        typer.Option(
+            "--replicas",
+            min=0,
+            help="Answer 202 only once this many Redis replicas have each message (WAIT): it survives its "
+            "master's loss, at the cost of a replication round trip per publish batch. 0: off.",
+            show_default="0, env MQCTL_REPLICAS",
+        ),
+    ] = None,
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
 ) -> None:
@@ -124,7 +135,12 @@ def serve_a(
     from mqctl.services.server import Endpoint, serve
 
     settings = _settings(
-        broker_url=broker, max_backlog=max_backlog, topic=topic, log_level=log_level, log_format=log_format
+        broker_url=broker,
+        max_backlog=max_backlog,
+        topic=topic,
+        replicas=replicas,
+        log_level=log_level,
+        log_format=log_format,
     )
     _setup_logging(settings)
     _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))

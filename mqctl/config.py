@@ -21,7 +21,8 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MQCTL_", extra="ignore", frozen=True)
 
     broker_url: str = Field(
-        DEFAULT_BROKER_URL, description="Broker URL: memory://, redis://host:port/db or rediss://..."
+        DEFAULT_BROKER_URL,
+        description="Broker URL: memory://, redis://host:port/db, rediss://... or redis+cluster://host:port,...",
     )
     topic: str = Field("messages", description="Topic used when a request names none.")
     group: str = Field("default", description="Consumer group used when a WebSocket client names none.")
@@ -33,6 +34,12 @@ class Settings(BaseSettings):
     ack_timeout_s: float = Field(30.0, gt=0, description="Redeliver a message not acknowledged within this, seconds.")
     max_attempts: int = Field(5, ge=1, description="Deliveries before a message goes to the dead letters.")
     publish_timeout_s: float = Field(5.0, gt=0, description="Longest a publish may take before a 503.")
+    replicas: int = Field(
+        0,
+        ge=0,
+        description="Service A answers 202 only once this many Redis replicas have the message (WAIT); 0: off.",
+    )
+    replica_timeout_s: float = Field(1.0, gt=0, description="Longest wait for those replicas before a 503, seconds.")
     ws_send_buffer: int = Field(1000, ge=1, description="Frames queued for one WebSocket client before it is closed.")
     token: str | None = Field(None, description="Bearer token required by the services (unset: no auth).")
     token_file: Path | None = Field(None, description="A file holding the token (for secrets mounted as files).")

@@ -492,6 +492,11 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             max_message_bytes=settings.max_message_bytes,
             retention=settings.retention,
             publish_timeout_s=settings.publish_timeout_s,
+            **(
+                {"min_replicas": settings.replicas, "replica_timeout_s": settings.replica_timeout_s}
+                if settings.replicas
+                else {}
+            ),
         )
         app.state.broker = metrics.broker_gauges.broker = owned
         log.info("Service A publishing to %s, default topic %r", redact(settings.broker_url), default_topic)
