@@ -280,7 +280,7 @@ def dlq_list(
     table.add_column("attempts", justify="right")
     table.add_column("when")
     table.add_column("group", overflow="fold", min_width=6)
-    table.add_column("reason", ratio=1)
+    table.add_column("reason")
     for letter in letters:
         message = _message(letter)
         table.add_row(
