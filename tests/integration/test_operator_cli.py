@@ -11,11 +11,12 @@ import time
 from typing import Any
 
 import pytest
+import redis
 from typer.testing import CliRunner
 
 import mqctl
 from mqctl.cli import app
-from tests.integration.conftest import RedisServer, free_port
+from tests.integration.conftest import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -77,24 +78,33 @@ def test_stats_table_and_json_show_each_topic_and_group(redis_server: RedisServe
 def test_stats_watch_refreshes_until_ctrl_c(redis_server: RedisServer) -> None:
     """stats --watch keeps refreshing (--json: one line per refresh) and exits 0 on Ctrl+C."""
     asyncio.run(dead_letters(redis_server.url, "jobs", ["x"]))
-    for extra in ([], ["--json"]):
+
+    def watch(*extra: str) -> subprocess.Popen[str]:
         command = ["stats", "--watch", "--interval", "0.2", "--broker", redis_server.url, *extra]
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mqctl", *command],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
+        return subprocess.Popen(
+            [sys.executable, "-m", "mqctl", *command], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-        time.sleep(2.0)
+
+    process = watch("--json")
+    assert process.stdout is not None
+    lines = [process.stdout.readline() for _ in range(3)]  # three refreshes, one line each
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert all(json.loads(line)[0]["topic"] == "jobs" for line in lines), lines
+
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        process = watch()
+        # A table on a pipe is drawn when the watch ends: wait until it reads the broker, then stop it.
+        wait_for(lambda: len(client.client_list()) > 1, 20, "the watch to connect to Redis")
+        time.sleep(0.5)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=10)
-        assert process.returncode == 0, err
-        if extra:
-            lines = out.strip().splitlines()
-            assert len(lines) >= 3, out
-            assert all(json.loads(line)[0]["topic"] == "jobs" for line in lines)
-        else:
-            assert "jobs" in out and "Ctrl+C stops" in out
+    finally:
+        client.close()
+    assert process.returncode == 0, err
+    assert "jobs" in out and "Ctrl+C stops" in out
 
 
 def test_dlq_list_show_and_replay_bring_a_dead_letter_back_to_a_consumer(redis_server: RedisServer) -> None:
