@@ -182,11 +182,29 @@ class RedisCluster:
                         return int(parts[1].split("@")[0].rsplit(":", 1)[1])
         raise LookupError(f"No master serves slot {slot}.")
 
+    def describe(self) -> str:
+        """CLUSTER NODES and CLUSTER INFO as each running node sees them, for a failure message."""
+        return "\n".join(
+            f"--- node {port}:\n{_command(port, 'cluster', 'nodes')}{_command(port, 'cluster', 'info')[:200]}"
+            for port in self.running_ports()
+        )
+
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port`` (no chance to hand over: a crash)."""
         process = self.processes[port]
         process.kill()
         process.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start the node on ``port`` again with its cluster config: it rejoins (a replica, if it was
+        failed over)."""
+        server = shutil.which("redis-server")
+        assert server is not None
+        self._start_node(server, port)
+        deadline = time.monotonic() + 10
+        while _command(port, "ping").strip() != "PONG":
+            self._check_alive(port, deadline)
+            time.sleep(0.02)
 
     def stop(self) -> None:
         """Stop every node by PID: SIGTERM, then SIGKILL if it lingers."""
