@@ -126,7 +126,7 @@ class Broker:
     async def _submit(self, topic: str, unit: list[Outgoing], key: str | None) -> list[str]:
         if key is not None and (not isinstance(key, str) or not key):
             raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
-        n = await self._count(topic)
+        n = self.partitioned.known(topic) or await self._count(topic)
         if n == 1:
             return await self._coalescer(topic).submit(unit)
         p = pick(key, n) if key is not None else self.partitioned.next_partition(topic, n)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import contextlib
+import functools
 import logging
 import zlib
 from collections.abc import Sequence
@@ -51,6 +52,7 @@ def _slot(name: str) -> int:
     return binascii.crc_hqx(name.encode(), 0) % _SLOTS
 
 
+@functools.lru_cache(maxsize=4096)
 def stream_name(topic: str, partition: int, partitions: int) -> str:
     """The name partition ``partition`` of ``topic`` (of ``partitions``) is stored under.
 
