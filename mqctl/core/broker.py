@@ -81,6 +81,7 @@ class Broker:
             default_group=self.options.default_group,
         )
         self._coalescers: dict[str, Coalescer[list[Outgoing], list[str]]] = {}
+        self._sticky: dict[str, int] = {}
         self._subscriptions: set[Subscription | Broadcast] = set()
 
     # -- publishing ---------------------------------------------------------------
@@ -129,9 +130,21 @@ class Broker:
         n = self.partitioned.known(topic) or await self._count(topic)
         if n == 1:
             return await self._coalescer(topic).submit(unit)
-        p = pick(key, n) if key is not None else self.partitioned.next_partition(topic, n)
+        p = pick(key, n) if key is not None else self._partition_for_unkeyed(topic, n)
         ids = await self._coalescer(stream_name(topic, p, n), topic).submit(unit)
         return [join_id(p, i) for i in ids]
+
+    def _partition_for_unkeyed(self, topic: str, n: int) -> int:
+        """Partitions in turn, but a message joins a batch that is still forming rather than start
+        another (Kafka's "sticky" partitioning): concurrent publishers keep large batches, so a
+        partitioned topic costs about as many round trips as an unpartitioned one."""
+        p = self._sticky.get(topic)
+        if p is not None:
+            coalescer = self._coalescers.get(stream_name(topic, p, n))
+            if coalescer is not None and coalescer.forming:
+                return p
+        p = self._sticky[topic] = self.partitioned.next_partition(topic, n)
+        return p
 
     async def _count(self, topic: str, create: int = 1) -> int:
         """The topic's partition count (fixed at ``create`` on its first use), within the publish deadline."""

@@ -28,6 +28,11 @@ class Coalescer(Generic[Item, Result]):
         self._queue: list[tuple[Item, asyncio.Future[Result]]] = []
         self._drainer: asyncio.Task[None] | None = None
 
+    @property
+    def forming(self) -> bool:
+        """True while items wait for the next batch (one more joins it at no extra round trip)."""
+        return bool(self._queue)
+
     async def submit(self, item: Item) -> Result:
         """Send ``item`` in the next batch and return its own result (or raise its own error)."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
