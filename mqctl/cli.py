@@ -578,6 +578,7 @@ def _print_report(report: Any) -> None:
 # -- operating (mqctl/cli_ops.py) ---------------------------------------------------
 
 app.command("stats")(cli_ops.stats)
+app.command("create-topic")(cli_ops.create_topic)
 app.add_typer(cli_ops.dlq_app, name="dlq")
 
 

@@ -1,4 +1,4 @@
-"""Operator commands: ``mqctl stats`` and ``mqctl dlq list|show|replay|purge``.
+"""Operator commands: ``mqctl stats``, ``mqctl create-topic`` and ``mqctl dlq list|show|replay|purge``.
 
 They talk to the broker directly (``--broker``, env ``MQCTL_BROKER_URL``) with the same
 library calls a user's own code would make: ``broker.topics()``, ``broker.stats(topic)``,
@@ -113,12 +113,13 @@ def stats_table(stats: list[TopicStats], title: str | None = None) -> Table:
         table.add_column(name, justify="right")
     for topic in stats:
         dead = f"[red]{topic.dead_letters:,}[/red]" if topic.dead_letters else "0"
+        name = topic.topic if topic.partitions == 1 else f"{topic.topic}\n[dim]{topic.partitions} partitions[/dim]"
         if not topic.groups:
-            table.add_row(topic.topic, "-", f"{topic.length:,}", "-", "-", "-", "-", dead)
+            table.add_row(name, "-", f"{topic.length:,}", "-", "-", "-", "-", dead)
         for i, g in enumerate(topic.groups):
             first = i == 0
             table.add_row(
-                topic.topic if first else "",
+                name if first else "",
                 g.name,
                 f"{topic.length:,}" if first else "",
                 f"{g.backlog:,}",
@@ -157,6 +158,28 @@ def stats(
         err.print("No topics yet: nothing has been published on this broker.")
     else:
         out.print(stats_table(result))
+
+
+def create_topic(
+    topic: Annotated[str, typer.Argument(help="The topic to create.")],
+    partitions: Annotated[
+        int,
+        typer.Option(
+            "--partitions",
+            "-p",
+            min=1,
+            max=256,
+            help="Streams to split the topic into: on a Redis Cluster they spread over the masters.",
+        ),
+    ] = 1,
+    broker: BrokerOpt = DEFAULT_BROKER_URL,
+) -> None:
+    """Create a topic with a number of partitions, before its first use (idempotent).
+
+    A topic keeps the count it was created with; one first used without create-topic has 1.
+    """
+    count = _run(_with_broker(broker, lambda b: b.create_topic(topic, partitions=partitions)))
+    out.print(f"Topic {topic!r} has {count} partition{'s' if count != 1 else ''}.")
 
 
 def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> None:
