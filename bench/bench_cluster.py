@@ -12,9 +12,11 @@ free loopback ports, stopped by PID at the end; nothing shared is touched):
                 and ack each delivery; timed until every message is acknowledged.
 
 Each round runs every setup on a fresh topic; the figures are medians over the rounds and
-the ratios are against ``single``. On a 2-core machine the 3 masters, the client and the
-event loop share the same cores, so the client's CPU (one Python process) bounds every
-figure; see BENCHMARKS.md.
+the ratios are against ``single``. Beside the rates it reports CPU per message, which the
+noise of a shared machine disturbs less: this client process's (``time.process_time``) and
+the Redis servers' (the sum of ``used_cpu_user + used_cpu_sys`` over the setup's nodes). On
+a 2-core machine the 3 masters, the client and its event loop share the same cores, so the
+client's CPU (one Python process) bounds every figure; see BENCHMARKS.md.
 
     python3 bench/bench_cluster.py [--messages N] [--rounds R] [--json]
 """
@@ -37,6 +39,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import redis
 
 import mqctl
 from tests.integration.conftest import RedisServer, free_port
@@ -101,6 +105,27 @@ async def end_to_end(url: str, topic: str, partitions: int, count: int) -> float
         return count / elapsed
 
 
+def server_cpu_s(ports: list[int]) -> float:
+    """CPU seconds the Redis servers on ``ports`` have used so far."""
+    total = 0.0
+    for port in ports:
+        client = redis.Redis(host="127.0.0.1", port=port)
+        try:
+            info = client.info("cpu")
+            total += float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+        finally:
+            client.close()
+    return total
+
+
+def measured(run: Any, ports: list[int], count: int) -> tuple[float, float, float]:
+    """(msgs/s, client CPU µs/msg, server CPU µs/msg) of one run of a scenario."""
+    client0, server0 = time.process_time(), server_cpu_s(ports)
+    rate = asyncio.run(run)
+    client1, server1 = time.process_time(), server_cpu_s(ports)
+    return rate, (client1 - client0) * 1e6 / count, (server1 - server0) * 1e6 / count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--messages", type=int, default=20_000)
@@ -115,15 +140,25 @@ def main() -> None:
     single.start()
     try:
         cluster.start()
-        setups = {"single": (single.url, 1), "cluster-1p": (cluster.url, 1), "cluster-6p": (cluster.url, 6)}
-        results: dict[str, dict[str, list[float]]] = {s: {"publish": [], "end_to_end": []} for s in setups}
+        setups = {
+            "single": (single.url, 1, [single.port]),
+            "cluster-1p": (cluster.url, 1, cluster.ports),
+            "cluster-6p": (cluster.url, 6, cluster.ports),
+        }
+        keys = ["publish", "end_to_end", "publish_client_cpu_us", "publish_server_cpu_us"]
+        keys += ["end_to_end_client_cpu_us", "end_to_end_server_cpu_us"]
+        results: dict[str, dict[str, list[float]]] = {s: {k: [] for k in keys} for s in setups}
         for round_ in range(args.rounds):
-            for name, (url, partitions) in setups.items():
+            for name, (url, partitions, ports) in setups.items():
                 topic = f"bench-{round_}-{uuid.uuid4().hex[:6]}"
-                results[name]["publish"].append(asyncio.run(publish(url, topic, partitions, args.messages)))
-                results[name]["end_to_end"].append(
-                    asyncio.run(end_to_end(url, topic + "-e2e", partitions, args.messages))
-                )
+                for scenario, run in (
+                    ("publish", publish(url, topic, partitions, args.messages)),
+                    ("end_to_end", end_to_end(url, topic + "-e2e", partitions, args.messages)),
+                ):
+                    rate, client_us, server_us = measured(run, ports, args.messages)
+                    results[name][scenario].append(rate)
+                    results[name][f"{scenario}_client_cpu_us"].append(client_us)
+                    results[name][f"{scenario}_server_cpu_us"].append(server_us)
     finally:
         cluster.stop()
         single.stop()
@@ -139,7 +174,9 @@ def main() -> None:
         "redis": subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout.split()[2],
         "median_msgs_per_s": medians,
         "ratio_to_single": {
-            s: {k: medians[s][k] / medians["single"][k] for k in m} for s, m in medians.items() if s != "single"
+            s: {k: medians[s][k] / medians["single"][k] for k in ("publish", "end_to_end")}
+            for s in medians
+            if s != "single"
         },
         "all_rounds": results,
     }
@@ -147,11 +184,15 @@ def main() -> None:
         print(json.dumps(report, indent=2))
         return
     print(f"{args.messages} messages, {args.rounds} rounds, {PUBLISHERS} publishers, {CONSUMERS} consumers")
-    print(f"{'setup':<12} {'publish msg/s':>14} {'x single':>9} {'end-to-end msg/s':>17} {'x single':>9}")
+    print("rates are medians over the rounds; CPU is µs per message, client / Redis servers")
+    print(f"{'setup':<11} {'publish/s':>10} {'x':>5} {'CPU':>11} {'e2e/s':>8} {'x':>5} {'CPU':>11}")
     for name, m in medians.items():
         r = report["ratio_to_single"].get(name, {"publish": 1.0, "end_to_end": 1.0})
         print(
-            f"{name:<12} {m['publish']:>14,.0f} {r['publish']:>9.2f} {m['end_to_end']:>17,.0f} {r['end_to_end']:>9.2f}"
+            f"{name:<11} {m['publish']:>10,.0f} {r['publish']:>5.2f} "
+            f"{m['publish_client_cpu_us']:>5.0f}/{m['publish_server_cpu_us']:<5.0f} "
+            f"{m['end_to_end']:>8,.0f} {r['end_to_end']:>5.2f} "
+            f"{m['end_to_end_client_cpu_us']:>5.0f}/{m['end_to_end_server_cpu_us']:<5.0f}"
         )
 
 
