@@ -107,7 +107,8 @@ class RedisBackend:
             raise BrokerUnavailable(f"Cannot reach Redis at {self.display_url}: {exc}.") from exc
         except rex.ResponseError as exc:
             text = str(exc)
-            if text.startswith("OOM"):
+            # redis-py turns Redis's "OOM ..." reply into OutOfMemoryError and strips the "OOM".
+            if isinstance(exc, rex.OutOfMemoryError) or text.startswith("OOM"):
                 raise BrokerOutOfMemory(
                     f"Redis at {self.display_url} is out of memory and refuses writes ({text}); "
                     "free memory or raise maxmemory, then retry."
