@@ -16,7 +16,14 @@ from typing import Any
 
 from mqctl.core.backend import Backend, DeadLetter, Limits, Outgoing, TopicStats
 from mqctl.core.coalescer import Coalescer
-from mqctl.core.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError, MessageTooLarge, QueueFull
+from mqctl.core.errors import (
+    BrokerOutOfMemory,
+    BrokerUnavailable,
+    ConfigError,
+    MessageTooLarge,
+    PublishTimeout,
+    QueueFull,
+)
 from mqctl.core.filters import Predicate
 from mqctl.core.message import Message, as_message, encode
 from mqctl.core.names import check_name
@@ -106,7 +113,7 @@ class Broker:
         unit = [self._outgoing(message, idempotency_key)]
         n = self.partitioned.known(topic)
         if n == 1:  # the common case, kept as short as before partitions
-            return (await self._coalescer(topic).submit(unit))[0]
+            return (await self._submitted(self._coalescer(topic), unit))[0]
         # A retried publish must find its idempotency key where it stored it: the key picks too.
         return (await self._submit(topic, unit, key if key is not None else idempotency_key))[0]
 
@@ -121,7 +128,7 @@ class Broker:
         if not unit:
             return []
         if self.partitioned.known(topic) == 1:
-            return await self._coalescer(topic).submit(unit)
+            return await self._submitted(self._coalescer(topic), unit)
         return await self._submit(topic, unit, key)
 
     async def _submit(self, topic: str, unit: list[Outgoing], key: str | None) -> list[str]:
@@ -129,9 +136,9 @@ class Broker:
             raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
         n = self.partitioned.known(topic) or await self._count(topic)
         if n == 1:
-            return await self._coalescer(topic).submit(unit)
+            return await self._submitted(self._coalescer(topic), unit)
         p = pick(key, n) if key is not None else self._partition_for_unkeyed(topic, n)
-        ids = await self._coalescer(stream_name(topic, p, n), topic).submit(unit)
+        ids = await self._submitted(self._coalescer(stream_name(topic, p, n), topic), unit)
         return [join_id(p, i) for i in ids]
 
     def _partition_for_unkeyed(self, topic: str, n: int) -> int:
@@ -145,6 +152,21 @@ class Broker:
                 return p
         p = self._sticky[topic] = self.partitioned.next_partition(topic, n)
         return p
+
+    async def _submitted(self, coalescer: Coalescer[list[Outgoing], list[str]], unit: list[Outgoing]) -> list[str]:
+        """``coalescer.submit(unit)`` within ``publish_timeout_s`` in all: the wait for an earlier
+        batch in flight counts too, or a publish could take twice its deadline when the broker hangs."""
+        deadline_s = self.options.publish_timeout_s
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await coalescer.submit(unit)
+        except TimeoutError as exc:
+            if isinstance(exc, PublishTimeout):
+                raise
+            raise PublishTimeout(
+                f"The broker did not answer within {deadline_s:g} s; it may be overloaded or unreachable. "
+                "The message may or may not be stored (use an idempotency key to retry safely)."
+            ) from exc
 
     async def _count(self, topic: str, create: int = 1) -> int:
         """The topic's partition count (fixed at ``create`` on its first use), within the publish deadline."""

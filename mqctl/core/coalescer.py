@@ -34,12 +34,23 @@ class Coalescer(Generic[Item, Result]):
         return bool(self._queue)
 
     async def submit(self, item: Item) -> Result:
-        """Send ``item`` in the next batch and return its own result (or raise its own error)."""
+        """Send ``item`` in the next batch and return its own result (or raise its own error).
+
+        Cancelled while ``item`` still waits for its batch, it is taken out and never sent."""
         future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         self._queue.append((item, future))
         if self._drainer is None:
             self._drainer = asyncio.create_task(self._drain())
-        return await future
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Given up on (a deadline) before its batch left: it must not be sent after the caller
+            # was told it failed. Once sent, it is too late; the caller's error says "may be stored".
+            for index, (_, queued) in enumerate(self._queue):
+                if queued is future:
+                    del self._queue[index]
+                    break
+            raise
 
     async def _drain(self) -> None:
         try:

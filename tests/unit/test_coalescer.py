@@ -178,3 +178,25 @@ async def test_a_send_with_the_wrong_number_of_results_fails_its_callers() -> No
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_a_submit_given_up_before_its_batch_leaves_is_never_sent() -> None:
+    """A caller cancelled (a deadline) while its item waits behind the batch in flight: the item
+    is taken out, so it cannot be stored after the caller was told it failed."""
+    gate = asyncio.Event()
+    send = Recorder(gate=gate)
+    coalescer: Coalescer[int, int] = Coalescer(send)
+    first = asyncio.create_task(coalescer.submit(1))
+    await send.in_flight.wait()
+    waiting = asyncio.create_task(coalescer.submit(2))
+    kept = asyncio.create_task(coalescer.submit(3))
+    await settle()
+    waiting.cancel()
+    await settle()
+    gate.set()
+
+    assert await first == 10
+    assert await kept == 30
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert send.batches == [[1], [3]]
