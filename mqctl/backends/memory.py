@@ -388,6 +388,9 @@ class MemoryBackend:
     async def ping(self) -> None:
         self._check_open()
 
+    async def eviction_policy(self) -> str | None:
+        return None  # it never deletes what it holds
+
     async def aclose(self) -> None:
         self._closed = True
 

@@ -380,6 +380,16 @@ class RedisBackend:
         async with self._errors():
             await self.client.ping()
 
+    async def eviction_policy(self) -> str | None:
+        try:
+            async with self._errors():
+                reply = await self.client.config_get("maxmemory-policy")
+        except rex.ResponseError:  # an ACL user without CONFIG, or a service that renamed the command
+            return None
+        values = {_text(k): v for k, v in dict(reply or {}).items() if isinstance(k, bytes | str)}
+        policy = values.get("maxmemory-policy")
+        return _text(policy) if isinstance(policy, bytes | str) else None
+
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.aclose()

@@ -203,6 +203,11 @@ class Backend(Protocol):
         """Return when the store answers; raise ``BrokerUnavailable`` otherwise."""
         ...
 
+    async def eviction_policy(self) -> str | None:
+        """What the store deletes when it runs out of memory (Redis ``maxmemory-policy``), or
+        None if it deletes nothing of its own accord or will not say (no permission)."""
+        ...
+
     async def aclose(self) -> None:
         """Release connections and wake blocked readers."""
         ...

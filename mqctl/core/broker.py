@@ -353,6 +353,14 @@ class Broker:
         """Return when the broker answers; raise ``BrokerUnavailable`` otherwise."""
         await self.backend.ping()
 
+    async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy`` (None for ``memory://``, or when the user may not read it).
+
+        Anything but ``noeviction`` lets Redis delete keys when it is full: with ``allkeys-*``
+        that can be a topic's stream, messages and all; with ``volatile-*``, idempotency keys.
+        """
+        return await self.backend.eviction_policy()
+
     async def aclose(self) -> None:
         """Finish publishes in flight, close subscriptions and release connections."""
         for coalescer in list(self._coalescers.values()):

@@ -100,6 +100,7 @@ from mqctl.services.connection import (
     close_reason,
     error_frame,
 )
+from mqctl.services.eviction import warn_if_evicting
 from mqctl.services.hub import Hub
 from mqctl.services.metrics import DeliveryMetrics, Observe, add_metrics_route
 
@@ -265,9 +266,11 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         runtime.broker, runtime.hub = active, Hub(active, settings, metrics=metrics)
         metrics.broker_gauges.broker = active
         app.state.delivery = runtime.hub
+        check = asyncio.create_task(warn_if_evicting(active, "Service B"))  # in the background: Redis may be down
         try:
             yield
         finally:
+            check.cancel()
             metrics.broker_gauges.broker = None
             hub, runtime.hub = runtime.hub, None
             try:

@@ -61,6 +61,7 @@ from mqctl.core.errors import (
 )
 from mqctl.core.message import MAX_TYPE_LENGTH, Message
 from mqctl.core.names import check_name
+from mqctl.services.eviction import warn_if_evicting
 from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route, note_error
 
 log = logging.getLogger(__name__)
@@ -500,9 +501,11 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         )
         app.state.broker = metrics.broker_gauges.broker = owned
         log.info("Service A publishing to %s, default topic %r", redact(settings.broker_url), default_topic)
+        check = asyncio.create_task(warn_if_evicting(owned, "Service A"))  # in the background: Redis may be down
         try:
             yield
         finally:
+            check.cancel()
             app.state.broker = metrics.broker_gauges.broker = None
             await owned.aclose()
 
