@@ -137,6 +137,8 @@ class Connection:
         self.wake: Callable[[], None] = _nothing
         """Called when the outbox has room again (set by the group pump)."""
         self.full_since: float | None = None
+        self.draining = False
+        """Set on shutdown: the pumps hand this connection nothing more, so it can finish what it holds."""
         self.close_code: int | None = None
         self.close_reason = ""
         self.client_gone = False
@@ -163,7 +165,7 @@ class Connection:
 
     def has_room(self) -> bool:
         """True if the outbox takes another frame; notes when it was first found full."""
-        if self.closing:
+        if self.closing or self.draining:
             return False
         if self._queued < self.capacity:
             return True

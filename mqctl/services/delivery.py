@@ -53,8 +53,8 @@ Close codes:
     1008  an invalid query parameter or a missing/wrong token; the error frame says which
     1009  a frame over 64 KiB
     1011  an internal error or the service not started
-    1012  uvicorn's own close on shutdown (it closes WebSockets before the app's lifespan
-          ends, so under uvicorn clients see 1012 rather than 1001); reconnect
+    1012  uvicorn's own close on shutdown, when the app is served by other means than
+          ``mqctl.services.server.serve`` (which closes them with 1001 first); reconnect
     4001  "send buffer full: client too slow; reconnect to resume": the outbox
           (``settings.ws_send_buffer`` frames) stayed full for 5 s (group) or overflowed (broadcast)
 
@@ -248,6 +248,8 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     The lifespan opens a broker for ``settings.broker_url`` unless ``broker`` is given
     (that one is used and left open). On shutdown every WebSocket is closed with 1001,
     unacknowledged deliveries go back to their groups and every reader stops.
+    ``app.state.before_shutdown`` does the WebSocket part; ``server.serve`` awaits it
+    before uvicorn's own shutdown, which would close them with 1012.
     """
     runtime = _Runtime()
     page = _viewer_page()
@@ -285,6 +287,13 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.metrics = metrics
+
+    async def before_shutdown() -> None:
+        # uvicorn closes WebSockets with 1012 before the lifespan ends: close them first, with 1001.
+        if runtime.hub is not None:
+            await runtime.hub.close_clients()
+
+    app.state.before_shutdown = before_shutdown
     app.add_middleware(Observe, metrics=metrics)
     add_metrics_route(app, metrics)
 

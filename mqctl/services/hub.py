@@ -3,8 +3,10 @@
 A connection joins the pump it needs (one per (topic, group) in group mode, one per
 topic in broadcast mode), which starts with its first connection and closes with its
 last. When a group connection leaves, what it had not acknowledged goes back to the
-group at once (``nack(0)``). ``aclose`` closes every connection with 1001, then every
-pump, handing back whatever was read and not acknowledged.
+group at once (``nack(0)``). ``close_clients`` stops handing out messages, gives group
+clients a moment to acknowledge what they hold, then closes every connection with 1001
+(``server.serve`` runs it before uvicorn's shutdown); ``aclose`` closes what connections
+are left, then every pump, handing back whatever was read and not acknowledged.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 OPEN_WAIT_S = 2.0
 """How long a new connection waits for its pump's first broker call before it is told ``subscribed``."""
+DRAIN_S = 2.0
+"""On shutdown, how long group clients get to acknowledge what they were sent before the 1001 close."""
 SHUTDOWN_REASON = "server shutting down; reconnect to resume"
 
 
@@ -126,9 +130,23 @@ class Hub:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def aclose(self, *, timeout_s: float = 3.0) -> None:
-        """Close every connection (1001), then every pump; hand back what was not acknowledged."""
+    async def close_clients(self, *, drain_s: float = DRAIN_S, timeout_s: float = 3.0) -> None:
+        """Stop handing out messages, wait up to ``drain_s`` for group clients to acknowledge
+        what they were sent, then close every connection with 1001 and wait (up to
+        ``timeout_s``) for them to leave. What is still unacknowledged goes back to its group.
+
+        Acknowledgements in flight when the close comes would be lost and their messages
+        delivered twice; the drain lets them land first, so a clean shutdown duplicates nothing
+        a client acknowledges in time.
+        """
         self._closing = True
+        deadline = time.monotonic() + drain_s
+        for connection in list(self._connections):
+            connection.draining = True
+        while time.monotonic() < deadline and any(
+            c.unacked and not c.closing for c in self._connections if c.mode == "group"
+        ):
+            await asyncio.sleep(0.02)
         deadline = time.monotonic() + timeout_s
         for connection in list(self._connections):
             connection.close(GOING_AWAY, SHUTDOWN_REASON)
@@ -137,6 +155,11 @@ class Hub:
             await wait_for(self._left, deadline - time.monotonic())
         if self._connections:
             log.warning("%d WebSocket client(s) did not finish closing in time", len(self._connections))
+
+    async def aclose(self, *, timeout_s: float = 3.0) -> None:
+        """Close every connection left (1001, no drain), then every pump; hand back what was not acknowledged."""
+        deadline = time.monotonic() + timeout_s
+        await self.close_clients(drain_s=0.0, timeout_s=timeout_s)
         pumps: list[GroupPump | BroadcastPump] = [*self._groups.values(), *self._broadcasts.values()]
         self._groups.clear()
         self._broadcasts.clear()

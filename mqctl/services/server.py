@@ -1,8 +1,11 @@
 """Run one or both services under uvicorn, in this process, with a clean shutdown.
 
-SIGINT and SIGTERM stop every server gracefully: uvicorn stops accepting, lets
-in-flight requests finish (up to ``graceful_s``), and each app's lifespan closes its
-broker, which hands unacknowledged deliveries back for redelivery.
+SIGINT and SIGTERM stop every server gracefully: first each app that has an
+``app.state.before_shutdown`` coroutine function gets it awaited (up to ``graceful_s``;
+Service B closes its WebSockets there with 1001, where uvicorn would use 1012), then
+uvicorn stops accepting, lets in-flight requests finish (up to ``graceful_s``), and each
+app's lifespan closes its broker, which hands unacknowledged deliveries back for
+redelivery. A second signal skips what is left of the first step.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+
+log = logging.getLogger(__name__)
 
 _TOKEN_IN_QUERY = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 
@@ -80,10 +85,30 @@ async def serve(
         for e in endpoints
     ]
     loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[None]] = []
 
-    def stop() -> None:
+    def exit_all() -> None:
         for server in servers:
             server.should_exit = True
+
+    async def shut_down() -> None:
+        hooks = [getattr(getattr(e.app, "state", None), "before_shutdown", None) for e in endpoints]
+        try:
+            async with asyncio.timeout(graceful_s):
+                await asyncio.gather(*(hook() for hook in hooks if hook is not None))
+        except TimeoutError:
+            log.warning("A service's shutdown step took over %g s; stopping anyway", graceful_s)
+        except Exception:
+            log.exception("A service's shutdown step failed; stopping anyway")
+        finally:
+            exit_all()
+
+    def stop() -> None:
+        if stopping:  # a second signal: stop now
+            stopping[0].cancel()
+            exit_all()
+        else:
+            stopping.append(asyncio.create_task(shut_down(), name="mqctl-shutdown"))
 
     for server in servers:
         # One handler for all servers: uvicorn's own would stop only the last one started.
@@ -97,10 +122,12 @@ async def serve(
                 await asyncio.sleep(0.05)
             started.set()
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        stop()  # one server failed to start or stopped: stop the others too
+        exit_all()  # one server failed to start or stopped: stop the others too
         await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             task.result()
     finally:
+        for task in stopping:
+            task.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
