@@ -32,6 +32,8 @@ from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Broadcast, Subscription
 
 DEFAULT_GROUP = "default"
+STICKY_BATCH = 100
+"""Messages without a key that join one partition's forming batch before the next partition gets one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,13 +144,14 @@ class Broker:
         return [join_id(p, i) for i in ids]
 
     def _partition_for_unkeyed(self, topic: str, n: int) -> int:
-        """Partitions in turn, but a message joins a batch that is still forming rather than start
-        another (Kafka's "sticky" partitioning): concurrent publishers keep large batches, so a
-        partitioned topic costs about as many round trips as an unpartitioned one."""
+        """Partitions in turn, but a message joins a batch that is still forming (up to
+        ``STICKY_BATCH`` messages) rather than start another, as Kafka's "sticky" partitioner
+        does: concurrent publishers keep large batches, so a partitioned topic costs about as
+        many round trips as an unpartitioned one, and a burst still spreads over the partitions."""
         p = self._sticky.get(topic)
         if p is not None:
             coalescer = self._coalescers.get(stream_name(topic, p, n))
-            if coalescer is not None and coalescer.forming:
+            if coalescer is not None and 0 < coalescer.waiting < STICKY_BATCH:
                 return p
         p = self._sticky[topic] = self.partitioned.next_partition(topic, n)
         return p

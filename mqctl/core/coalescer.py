@@ -29,9 +29,9 @@ class Coalescer(Generic[Item, Result]):
         self._drainer: asyncio.Task[None] | None = None
 
     @property
-    def forming(self) -> bool:
-        """True while items wait for the next batch (one more joins it at no extra round trip)."""
-        return bool(self._queue)
+    def waiting(self) -> int:
+        """Items waiting for the next batch (one more joins it at no extra round trip)."""
+        return len(self._queue)
 
     async def submit(self, item: Item) -> Result:
         """Send ``item`` in the next batch and return its own result (or raise its own error).

@@ -173,3 +173,13 @@ async def test_broadcast_from_zero_reads_every_partition(broker: mqctl.Broker) -
         got = await take_broadcast(reader, 4)  # type: ignore[arg-type]
 
     assert sorted(i for i, _ in got) == sorted(sent)
+
+
+async def test_a_burst_without_keys_spreads_over_every_partition(broker: mqctl.Broker) -> None:
+    """600 concurrent publishes without a key land on all 3 partitions, none with more than half."""
+    await broker.create_topic("orders", partitions=3)
+
+    ids = await asyncio.gather(*(broker.publish("orders", {"type": "n", "content": i}) for i in range(600)))
+
+    per_partition = [sum(1 for i in ids if split_id(i)[0] == p) for p in range(3)]
+    assert all(0 < count <= 300 for count in per_partition), per_partition
