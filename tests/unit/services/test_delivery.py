@@ -374,6 +374,20 @@ def test_resume_from_before_the_oldest_retained_message_says_history_was_lost(se
         service.client.portal.call(trimming.aclose)
 
 
+def test_resume_from_past_the_newest_message_says_history_was_lost(service: Service) -> None:
+    """A last_id newer than anything the topic holds (it was deleted by hand since) gets history_lost."""
+    before = service.publish("old", 1)
+    later = f"{int(before.split('-')[0]) + 60_000}-0"  # as if the topic had gone on, then been deleted
+    with service.connect(f"mode=broadcast&last_id={later}") as ws:
+        subscribed(ws)
+        lost = receive(ws)
+        assert lost["event"] == "history_lost" and later in lost["detail"]
+    with service.connect(f"mode=broadcast&last_id={before}") as ws:  # up to date: nothing lost
+        subscribed(ws)
+        after = service.publish("new", 2)
+        assert receive(ws)["id"] == after
+
+
 # -- what clients get wrong -------------------------------------------------------
 
 
