@@ -12,7 +12,9 @@ import re
 from mqctl.core.errors import ConfigError
 
 MAX_NAME_LENGTH = 200
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]*")
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$"
+"""What a name may be, as a regular expression (also published in Service A's OpenAPI)."""
+_NAME = re.compile(NAME_PATTERN)
 
 
 def check_name(kind: str, value: object) -> str:

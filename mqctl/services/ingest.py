@@ -60,7 +60,7 @@ from mqctl.core.errors import (
     QueueFull,
 )
 from mqctl.core.message import MAX_TYPE_LENGTH, Message
-from mqctl.core.names import check_name
+from mqctl.core.names import MAX_NAME_LENGTH, NAME_PATTERN, check_name
 from mqctl.services.eviction import warn_if_evicting
 from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route, note_error
 
@@ -85,12 +85,22 @@ def _topic_name(value: str) -> str:
     return check_name("topic", value)  # ConfigError is a ValueError: pydantic reports it on the field
 
 
+# The validators give the errors; json_schema_extra only tells the OpenAPI document what they accept.
 MessageType = Annotated[
     str,
-    Field(min_length=1, max_length=MAX_TYPE_LENGTH, description="What the message is, e.g. 'order.created'."),
+    Field(
+        min_length=1,
+        max_length=MAX_TYPE_LENGTH,
+        description="What the message is, e.g. 'order.created'.",
+        json_schema_extra={"pattern": r"\S"},
+    ),
     AfterValidator(_not_blank),
 ]
-TopicName = Annotated[str, AfterValidator(_topic_name)]
+TopicName = Annotated[
+    str,
+    Field(json_schema_extra={"minLength": 1, "maxLength": MAX_NAME_LENGTH, "pattern": NAME_PATTERN}),
+    AfterValidator(_topic_name),
+]
 
 _EXAMPLE_MESSAGE: dict[str, Any] = {
     "type": "order.created",
