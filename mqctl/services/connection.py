@@ -293,7 +293,7 @@ class Connection:
     async def _handle(self, text: str) -> None:
         try:
             frame = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser goes
             self._error("invalid_json", 'The frame is not JSON; send {"ack": "<id>"} or {"nack": "<id>"}.')
             return
         verb = next(iter(frame)) if isinstance(frame, dict) and len(frame) == 1 else None

@@ -397,6 +397,7 @@ def test_bad_frames_get_error_frames_and_the_connection_stays_open(service: Serv
         subscribed(ws)
         sent_and_expected = [
             ("not json", "invalid_json"),
+            ("[" * 30_000 + "]" * 30_000, "invalid_json"),  # deeper than the parser goes
             (json.dumps({"hello": 1}), "unknown_frame"),
             (json.dumps({"ack": 5}), "unknown_frame"),
             (json.dumps({"ack": []}), "unknown_frame"),
