@@ -18,6 +18,7 @@ A 202 means the broker has stored the message. Every error is JSON
     413     request_too_large     the body is over ``settings.max_body_bytes`` (refused while streaming)
     413     message_too_large     a message is over the broker's ``max_message_bytes``
     415     invalid_request       the Content-Type is not JSON
+    431     headers_too_large     over ``MAX_HEADERS`` headers or ``MAX_HEADER_BYTES`` bytes of them
     422     invalid_request       a field is missing, empty, of the wrong type or unknown (see ``fields``)
     422     invalid_message       the library refuses the message (``mqctl.InvalidMessage``)
     503     queue_full            the topic's backlog is at ``max_backlog``; ``Retry-After`` set
@@ -31,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import secrets
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -67,6 +69,8 @@ from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route, no
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 32 * 1024
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
 _MAX_FIELDS = 20  # field errors listed in one response; a bad 1000-message batch stays small
 _MAX_DETAIL = 1000
@@ -75,9 +79,14 @@ _MAX_NAME = 64
 # -- request and response bodies ---------------------------------------------------
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must contain a character other than whitespace")
+    if _CONTROL.search(value):  # a type shows up in logs and filters: no line breaks or escapes
+        raise ValueError("must not contain control characters (U+0000 to U+001F, U+007F)")
     return value
 
 
@@ -92,7 +101,7 @@ MessageType = Annotated[
         min_length=1,
         max_length=MAX_TYPE_LENGTH,
         description="What the message is, e.g. 'order.created'.",
-        json_schema_extra={"pattern": r"\S"},
+        json_schema_extra={"pattern": r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"},
     ),
     AfterValidator(_not_blank),
 ]
@@ -338,6 +347,29 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"The request body is over the limit of {limit} bytes; send less or split the batch.")
 
 
+class HeaderLimit:
+    """Refuse requests with over ``MAX_HEADERS`` headers or ``MAX_HEADER_BYTES`` bytes of them (431).
+
+    uvicorn's httptools parser sets no limit of its own; this keeps the app from working on them.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers", ())
+            size = sum(len(name) + len(value) for name, value in headers)
+            if len(headers) > MAX_HEADERS or size > MAX_HEADER_BYTES:
+                detail = (
+                    f"The request has {len(headers)} headers, {size} bytes in all; the limits are {MAX_HEADERS} "
+                    f"headers and {MAX_HEADER_BYTES} bytes. Send fewer or shorter headers."
+                )
+                await _Problem(431, "headers_too_large", detail).response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 class BodyLimit:
     """Refuse request bodies over ``max_body_bytes`` before they are read whole.
 
@@ -438,6 +470,7 @@ _PUBLISH_ERRORS: dict[int | str, dict[str, Any]] = {
         "`message_too_large`: a message is over the broker's max_message_bytes."
     ),
     415: _error_doc("`invalid_request`: the Content-Type is not application/json."),
+    431: _error_doc(f"`headers_too_large`: over {MAX_HEADERS} headers, or over {MAX_HEADER_BYTES} bytes of them."),
     422: _error_doc(
         "`invalid_request`: a field is missing, empty, of the wrong type or unknown (see `fields`); "
         "`invalid_message`: the broker refuses the message."
@@ -528,6 +561,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     app.state.broker = broker
     app.state.metrics = metrics
     app.add_middleware(BodyLimit, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit)
     app.add_middleware(_Guard)
     app.add_middleware(Observe, metrics=metrics)  # outermost: it times and counts what the client sees
 

@@ -227,6 +227,7 @@ async def test_success_logs_nothing_at_info(client: httpx.AsyncClient, caplog: p
         ({"type": "t", "content": 1, "colour": "red"}, "colour"),
         ({"type": "t", "content": 1, "topic": 7}, "topic"),
         ([{"type": "t", "content": 1}], "body"),
+        ({"type": "line\nbreak", "content": 1}, "type"),
     ],
     ids=[
         "empty-type",
@@ -240,6 +241,7 @@ async def test_success_logs_nothing_at_info(client: httpx.AsyncClient, caplog: p
         "unknown-field",
         "topic-not-string",
         "body-not-object",
+        "control-character-in-type",
     ],
 )
 async def test_invalid_fields_are_422_naming_the_field(
@@ -315,6 +317,22 @@ async def test_body_not_utf8_is_a_400(client: httpx.AsyncClient) -> None:
 
     error = assert_error(response, 400, "invalid_request")
     assert error["fields"][0]["field"] == "body"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{f"x-h{i}": "v" for i in range(101)}, {"x-big": "v" * 33_000}],
+    ids=["too-many", "too-large"],
+)
+async def test_too_many_or_too_large_headers_are_a_431(
+    client: httpx.AsyncClient, broker: mqctl.Broker, headers: dict[str, str]
+) -> None:
+    """Over 100 headers, or over 32 KiB of them, is a 431 headers_too_large; nothing is stored."""
+    response = await client.post("/messages", json={"type": "t", "content": 1}, headers=headers)
+
+    error = assert_error(response, 431, "headers_too_large")
+    assert "limits are 100 headers" in error["detail"]
+    assert await stored(broker) == []
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
