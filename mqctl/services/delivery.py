@@ -29,7 +29,8 @@ Query parameters of ``/ws``:
 Frames from the server, one JSON object each; a connection that is accepted first gets ``subscribed``:
 
     {"event": "subscribed", "topic", "mode", "group" (null in broadcast), "filter" (repr or null)}
-    {"event": "history_lost", "detail", "first_id"}   a resume from before the oldest retained message
+    {"event": "history_lost", "detail", "first_id"}   a resume from before the oldest retained message,
+                                                      or from past the newest (the topic was deleted since)
     {"id", "type", "content", "headers", "attempt", "topic"}   a message (broadcast: attempt 1)
     {"error": CODE, "detail": SENTENCE}               the connection stays open, except as noted
 
