@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
 
 from mqctl import cli_ops
+from mqctl.console import err, out, run
 from mqctl.core.errors import MQError
 
 T = TypeVar("T")
@@ -28,8 +27,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-out = Console()
-err = Console(stderr=True)
 
 # -- shared options -------------------------------------------------------------
 
@@ -96,18 +93,15 @@ def _setup_logging(settings: Any) -> None:
     setup_logging(settings.log_level, settings.log_format)
 
 
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one library coroutine; an MQError becomes one line on stderr and exit code 1."""
-    try:
-        return asyncio.run(coro)
-    except MQError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
-
-
 # -- services ---------------------------------------------------------------------
+
+
+def _serve_one(create_app: Any, settings: Any, host: str, port: int) -> None:
+    """Run one service until SIGINT/SIGTERM, its logs set up and its secrets masked."""
+    from mqctl.services.server import Endpoint, serve
+
+    _setup_logging(settings)
+    run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
 
 
 @app.command("serve-a")
@@ -132,7 +126,6 @@ def serve_a(
 ) -> None:
     """Run Service A: REST ingest (POST /messages), Swagger UI at /docs."""
     from mqctl.services.ingest import create_app
-    from mqctl.services.server import Endpoint, serve
 
     settings = _settings(
         broker_url=broker,
@@ -142,8 +135,7 @@ def serve_a(
         log_level=log_level,
         log_format=log_format,
     )
-    _setup_logging(settings)
-    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
+    _serve_one(create_app, settings, host, port)
 
 
 @app.command("serve-b")
@@ -167,7 +159,6 @@ def serve_b(
 ) -> None:
     """Run Service B: WebSocket delivery at /ws, a live viewer page at /."""
     from mqctl.services.delivery import create_app
-    from mqctl.services.server import Endpoint, serve
 
     settings = _settings(
         broker_url=broker,
@@ -177,8 +168,7 @@ def serve_b(
         log_level=log_level,
         log_format=log_format,
     )
-    _setup_logging(settings)
-    _run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
+    _serve_one(create_app, settings, host, port)
 
 
 async def _reachable(url: str, timeout_s: float) -> bool:
@@ -236,7 +226,7 @@ def up(
         log_format=log_format,
     )
     _setup_logging(settings)
-    _run(_up(settings, host, port_a, port_b))
+    run(_up(settings, host, port_a, port_b))
 
 
 async def _up(settings: Any, host: str, port_a: int, port_b: int) -> None:
@@ -348,7 +338,7 @@ def publish(
             except json.JSONDecodeError as exc:
                 raise typer.BadParameter(f"Not JSON: {exc.msg}.", param_hint="CONTENT") from None
         messages = [{"type": type_, "content": body, "headers": headers}] * count
-    ids = _run(_publish(url, token, topic, messages, concurrency, idempotency_key))
+    ids = run(_publish(url, token, topic, messages, concurrency, idempotency_key))
     for message_id in ids:
         out.print(message_id, highlight=False)
 
@@ -407,7 +397,7 @@ def listen(
     token: TokenOpt = None,
 ) -> None:
     """Client B: receive messages from Service B over WebSocket, print and acknowledge each."""
-    received = _run(_listen(url, topic, type_ or [], header or [], group, broadcast, count, timeout, as_json, token))
+    received = run(_listen(url, topic, type_ or [], header or [], group, broadcast, count, timeout, as_json, token))
     if count is not None and received < count:
         err.print(f"[yellow]Received {received} of {count} messages before the timeout.[/yellow]")
         raise typer.Exit(1)
@@ -516,7 +506,7 @@ def loadtest(
         token=token,
         listen_query=listen_query,
     )
-    report = _run(_loadtest(spec, show_progress=not as_json))
+    report = run(_loadtest(spec, show_progress=not as_json))
     if as_json:
         import orjson
 

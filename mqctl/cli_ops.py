@@ -14,19 +14,20 @@ import dataclasses
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import orjson
 import typer
 from rich import box
-from rich.console import Console, Group, RenderableType
+from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from mqctl.config import DEFAULT_BROKER_URL
 from mqctl.connect import open_broker
+from mqctl.console import err, out, run
 from mqctl.core.backend import DeadLetter, TopicStats
 from mqctl.core.broker import Broker
 from mqctl.core.errors import InvalidMessage, MQError, UnknownMessage
@@ -34,8 +35,6 @@ from mqctl.core.message import Message, decode
 
 T = TypeVar("T")
 
-out = Console()
-err = Console(stderr=True)
 
 _ID = re.compile(r"\d{1,20}-\d{1,20}")
 
@@ -49,17 +48,6 @@ BrokerOpt = Annotated[
 ]
 TopicArg = Annotated[str, typer.Argument(metavar="TOPIC", help="The topic.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    """Run one coroutine; an MQError becomes one line on stderr and exit code 1."""
-    try:
-        return asyncio.run(coro)
-    except MQError as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
 
 
 async def _with_broker(url: str, work: Callable[[Broker], Awaitable[T]]) -> T:
@@ -151,7 +139,7 @@ def stats(
     if watch:
         _watch(broker, topic, interval, as_json)
         return
-    result = _run(_with_broker(broker, lambda b: read_stats(b, topic)))
+    result = run(_with_broker(broker, lambda b: read_stats(b, topic)))
     if as_json:
         _json_line(stats_json(result))
     elif not result:
@@ -178,7 +166,7 @@ def create_topic(
 
     A topic keeps the count it was created with; one first used without create-topic has 1.
     """
-    count = _run(_with_broker(broker, lambda b: b.create_topic(topic, partitions=partitions)))
+    count = run(_with_broker(broker, lambda b: b.create_topic(topic, partitions=partitions)))
     out.print(f"Topic {topic!r} has {count} partition{'s' if count != 1 else ''}.")
 
 
@@ -202,7 +190,7 @@ def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> Non
                 err.print(f"[red]error:[/red] {problem}", highlight=False, soft_wrap=True)
 
         try:
-            _run(_with_broker(url, lambda b: loop(b, print_line)))
+            run(_with_broker(url, lambda b: loop(b, print_line)))
         except typer.Exit as exc:
             if exc.exit_code != 130:
                 raise
@@ -222,7 +210,7 @@ def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> Non
             live.update(view, refresh=True)
 
         try:
-            _run(_with_broker(url, lambda b: loop(b, redraw)))
+            run(_with_broker(url, lambda b: loop(b, redraw)))
         except typer.Exit as exc:
             if exc.exit_code != 130:  # Ctrl+C is how a watch ends
                 raise
@@ -290,7 +278,7 @@ def dlq_list(
         letters = await _all_letters(b, topic, limit)
         return letters, (await b.stats(topic)).dead_letters
 
-    letters, total = _run(_with_broker(broker, read))
+    letters, total = run(_with_broker(broker, read))
     if as_json:
         _json_line([letter_json(letter) for letter in letters])
         return
@@ -336,7 +324,7 @@ def dlq_show(
                 return letter
         raise UnknownMessage(f"No dead letter {letter_id!r} on topic {topic!r}; see: mqctl dlq list {topic}")
 
-    letter = _run(_with_broker(broker, find))
+    letter = run(_with_broker(broker, find))
     data = letter_json(letter)
     if as_json:
         _json_line(data)
@@ -387,7 +375,7 @@ def dlq_replay(
                 )
         return await b.replay(topic, wanted or None)
 
-    new_ids = _run(_with_broker(broker, replay))
+    new_ids = run(_with_broker(broker, replay))
     for new_id in new_ids:
         out.print(new_id, highlight=False)
     err.print(f"Replayed {len(new_ids)} dead letter(s) onto {topic!r}.")
@@ -400,11 +388,11 @@ def dlq_purge(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete every dead letter of TOPIC, for good (asks first unless --yes)."""
-    count = _run(_with_broker(broker, lambda b: b.stats(topic))).dead_letters
+    count = run(_with_broker(broker, lambda b: b.stats(topic))).dead_letters
     if count == 0:
         err.print(f"No dead letters on {topic!r}.")
         return
     if not yes:
         typer.confirm(f"Delete {count:,} dead letter(s) of {topic!r}? This cannot be undone.", abort=True, err=True)
-    deleted = _run(_with_broker(broker, lambda b: b.purge_dead_letters(topic)))
+    deleted = run(_with_broker(broker, lambda b: b.purge_dead_letters(topic)))
     err.print(f"Deleted {deleted:,} dead letter(s) of {topic!r}.")
