@@ -100,32 +100,40 @@ async def publish_seq(
     seqs: Iterable[int],
     *,
     concurrency: int = 16,
+    batch: int = 1,
     out: Published | None = None,
     timeout_s: float = 15.0,
     pause_s: float = 0.0,
     stop: asyncio.Event | None = None,
 ) -> Published:
-    """POST one message per sequence number (content = the number), ``concurrency`` at a time,
-    until the numbers run out or ``stop`` is set."""
+    """POST one message per sequence number (content = the number), ``concurrency`` requests at
+    a time, until the numbers run out or ``stop`` is set. With ``batch`` > 1, ``batch`` numbers
+    go in each request to the batch endpoint (all stored or none)."""
     out = out if out is not None else Published()
     numbers = iter(seqs)
 
+    def next_chunk() -> list[int]:
+        return [seq for _, seq in zip(range(batch), numbers, strict=False)]
+
     async def worker(client: httpx.AsyncClient) -> None:
-        for seq in numbers:
-            if stop is not None and stop.is_set():
-                return
+        while (chunk := next_chunk()) and not (stop is not None and stop.is_set()):
             started = time.monotonic()
             status, retry_after = 0, None
+            messages = [{"type": "seq", "content": seq} for seq in chunk]
             try:
-                r = await client.post("/messages", json={"topic": topic, "type": "seq", "content": seq})
+                if batch == 1:
+                    r = await client.post("/messages", json={"topic": topic, **messages[0]})
+                else:
+                    r = await client.post("/messages/batch", json={"topic": topic, "messages": messages})
             except httpx.HTTPError as exc:
-                out.refused[type(exc).__name__] += 1
+                out.refused[type(exc).__name__] += len(chunk)
             else:
                 status, retry_after = r.status_code, r.headers.get("retry-after")
                 if r.status_code == 202:
-                    out.accepted[seq] = r.json()["id"]
+                    body = r.json()
+                    out.accepted.update(zip(chunk, body["ids"] if batch > 1 else [body["id"]], strict=True))
                 else:
-                    out.refused[f"{r.status_code} {r.json().get('error', '?')}"] += 1
+                    out.refused[f"{r.status_code} {r.json().get('error', '?')}"] += len(chunk)
             took = time.monotonic() - started
             out.latencies_s.append(took)
             out.answers.append((started, took, status, retry_after))
