@@ -1,0 +1,243 @@
+"""Processes for the service benchmarks: a private redis-server and HTTP/WebSocket servers.
+
+Each runs as a subprocess on a free loopback port and is stopped by its PID (never by
+name). ``cpu_s(pid)`` reads a process's CPU time from ``/proc``, so a benchmark can say
+how much CPU the server spent per message as well as how fast it went.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+import platform
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+BENCH_DIR = Path(__file__).resolve().parent
+ROOT = BENCH_DIR.parent
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"Timed out after {timeout_s:g} s waiting for {what}.")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (its threads included)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def _stop(process: subprocess.Popen[bytes], first: int = signal.SIGINT, timeout_s: float = 10) -> None:
+    if process.poll() is None:
+        process.send_signal(first)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+@dataclass
+class PrivateRedis:
+    """A redis-server of our own on a free port: no persistence, removed with its directory."""
+
+    port: int = field(default_factory=free_port)
+    dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="mqctl-bench-redis-"))
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> PrivateRedis:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise SystemExit("redis-server is not on PATH: install it (apt-get install -y redis-server).")
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        args += ["--save", "", "--appendonly", "no"]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_until(self.answers, 10, f"redis-server on port {self.port}")
+        return self
+
+    def answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process, signal.SIGTERM)
+            self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> PrivateRedis:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Server:
+    """One server subprocess (uvicorn or ``mqctl``), ready once ``GET <health>`` answers 200."""
+
+    name: str
+    argv: Sequence[str]
+    port: int
+    health: str = "/health"
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+    log_path: str = ""
+
+    @property
+    def http(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self, timeout_s: float = 30) -> Server:
+        fd, self.log_path = tempfile.mkstemp(prefix=f"mqctl-bench-{self.name}-", suffix=".log")
+        with os.fdopen(fd, "wb") as log:
+            self.process = subprocess.Popen(
+                list(self.argv), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=ROOT
+            )
+        try:
+            wait_until(self._ready, timeout_s, f"{self.name} on port {self.port}")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(f"{self.name} did not start; its log:\n{self.log()}") from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"{self.name} exited with {self.process.returncode}; its log:\n{self.log()}")
+        try:
+            return httpx.get(self.http + self.health, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError), open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()[-4000:]
+        return ""
+
+    def stop(self) -> None:
+        if self.process is not None:
+            _stop(self.process)
+            self.process = None
+        with contextlib.suppress(OSError):
+            os.unlink(self.log_path)
+
+
+def uvicorn_argv(app: str, port: int) -> list[str]:
+    """A single uvicorn process serving the factory ``module:function`` from bench/, access log off."""
+    return [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        app,
+        "--factory",
+        "--app-dir",
+        str(BENCH_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--no-access-log",
+        "--log-level",
+        "warning",
+    ]
+
+
+_UVLOOP_SHIM = (
+    "import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
+    "from mqctl.cli import main; sys.argv[0] = 'mqctl'; main()"
+)
+
+
+def mqctl_argv(*args: str, uvloop: bool = False) -> list[str]:
+    """``mqctl <args>`` run with this interpreter; with ``uvloop``, uvloop's event loop policy is
+    installed first, so the command's ``asyncio.run`` runs on uvloop (as uvicorn's own CLI does)."""
+    if uvloop:
+        return [sys.executable, "-c", _UVLOOP_SHIM, *args]
+    return [sys.executable, "-m", "mqctl", *args]
+
+
+def version(dist: str) -> str:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def mqctl_revision() -> str:
+    """The commit of the mqctl under test, with ``+dirty`` when mqctl/ has uncommitted changes."""
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no", "--", "mqctl"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def redis_version() -> str:
+    """The version of the redis-server on PATH (the one ``PrivateRedis`` runs)."""
+    binary = shutil.which("redis-server") or "redis-server"
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
+    return next((part.split("=", 1)[1] for part in out.split() if part.startswith("v=")), out.strip())
+
+
+def environment(*dists: str) -> dict[str, str]:
+    """Machine and versions, for the report."""
+    env = {
+        "python": platform.python_version(),
+        "nproc": str(len(os.sched_getaffinity(0))),
+        "platform": platform.platform(),
+        "mqctl": f"{version('mqctl')} ({mqctl_revision()})",
+    }
+    for dist in ("fastapi", "starlette", "uvicorn", "uvloop", "httptools", "redis", "hiredis", *dists):
+        env[dist] = version(dist)
+    env["redis_server"] = redis_version()
+    return env
