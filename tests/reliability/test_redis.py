@@ -176,7 +176,7 @@ async def test_redis_out_of_memory(start_service, report: Report) -> None:
             duplicated=0,
             damaged=len(damaged),
             refused_with=f"{refused.status_code} {body['error']}",
-            resumed_after_free_s=resumed,
+            resumed_after_free_s=None if resumed is None else round(resumed, 3),
         )
         assert refused.status_code == 503, refused.text
         assert body["error"] == "broker_out_of_memory"
@@ -191,7 +191,7 @@ async def test_redis_out_of_memory(start_service, report: Report) -> None:
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "volatile-ttl"])
-def test_services_warn_about_an_evicting_redis(policy: str, start_service) -> None:
+def test_services_warn_about_an_evicting_redis(policy: str, start_service, report: Report) -> None:
     """Both services log a WARNING at start when Redis may evict keys."""
     server = RedisServer(free_port(), extra=["--maxmemory-policy", policy])
     server.start()
@@ -201,6 +201,11 @@ def test_services_warn_about_an_evicting_redis(policy: str, start_service) -> No
             wait_for(lambda s=service: "maxmemory-policy" in s.log(), 10, f"the warning of {service.name}")
             line = next(line for line in service.log().splitlines() if "maxmemory-policy" in line)
             assert "WARNING" in line and repr(policy) in line and "noeviction" in line, line
+        report.record(
+            f"9b. Redis set to evict keys ({policy})",
+            f"serve-a and serve-b started on a Redis with maxmemory-policy {policy}",
+            warned=[s.name for s in services],
+        )
     finally:
         server.stop()
 
