@@ -3,12 +3,14 @@ evicted, and publishing works again once consumers drain the backlog."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
 import redis
 
+import mqctl
 from mqctl.core.message import decode
 from tests.integration.conftest import RedisServer
 from tests.reliability.harness import Consumer, Published, Report, publish_seq, wait_until
@@ -36,7 +38,10 @@ async def test_queue_at_capacity_refuses_then_recovers(
 
     consumer = Consumer(f"{b.ws}?topic=bounded&group=default").start()  # the default group holds the backlog
     t0 = time.monotonic()
-    await wait_until(lambda: set(published.accepted) <= set(consumer.contents()), 30, "the backlog to drain")
+    await wait_until(lambda: set(published.accepted) <= set(consumer.contents()), 30, "every message delivered")
+    async with mqctl.connect(redis_server.url) as broker:  # drained: acknowledged, as Redis counts it
+        while (await broker.stats("bounded")).backlog and time.monotonic() - t0 < 30:
+            await asyncio.sleep(0.05)
     drained_s = time.monotonic() - t0
     after = await publish_seq(a.http, "bounded", range(10_000, 10_100), batch=10)
     await wait_until(lambda: set(after.accepted) <= set(consumer.contents()), 30, "the new messages")

@@ -287,33 +287,36 @@ async def test_thousand_broadcast_clients(redis_server: RedisServer, start_servi
     async def join() -> None:
         async with gate:
             ws = await connect(url, open_timeout=30)
-            while orjson.loads(await ws.recv()).get("event") != "subscribed":
-                pass
-            sockets.append(ws)
+            sockets.append(ws)  # first, so that it is closed whatever happens next
+            async with asyncio.timeout(30):
+                while orjson.loads(await ws.recv()).get("event") != "subscribed":
+                    pass
 
-    t0 = time.monotonic()
-    await asyncio.gather(*(join() for _ in range(clients_wanted)))
-    connect_s = time.monotonic() - t0
-    rss_connected = rss_mib(b.process.pid)
     rounds = 5
     latencies: list[float] = []
-    async with MemoryWatch(b.process.pid) as memory, httpx.AsyncClient(base_url=a.http) as client:
-        for n in range(rounds):
+    try:
+        t0 = time.monotonic()
+        await asyncio.gather(*(join() for _ in range(clients_wanted)))
+        connect_s = time.monotonic() - t0
+        rss_connected = rss_mib(b.process.pid)
+        async with MemoryWatch(b.process.pid) as memory, httpx.AsyncClient(base_url=a.http) as client:
+            for n in range(rounds):
 
-            async def receive(ws: ClientConnection, n: int = n) -> float:
-                while True:
-                    frame = orjson.loads(await ws.recv())
-                    if is_message(frame) and frame["content"] == n:
-                        return time.monotonic()
+                async def receive(ws: ClientConnection, n: int = n) -> float:
+                    while True:
+                        frame = orjson.loads(await ws.recv())
+                        if is_message(frame) and frame["content"] == n:
+                            return time.monotonic()
 
-            waiting = [asyncio.create_task(receive(ws)) for ws in sockets]
-            sent = time.monotonic()
-            r = await client.post("/messages", json={"topic": "announce", "type": "news", "content": n})
-            assert r.status_code == 202
-            async with asyncio.timeout(60):
-                arrivals = await asyncio.gather(*waiting)
-            latencies.append(max(arrivals) - sent)
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+                waiting = [asyncio.create_task(receive(ws)) for ws in sockets]
+                sent = time.monotonic()
+                r = await client.post("/messages", json={"topic": "announce", "type": "news", "content": n})
+                assert r.status_code == 202
+                async with asyncio.timeout(60):
+                    arrivals = await asyncio.gather(*waiting)
+                latencies.append(max(arrivals) - sent)
+    finally:
+        await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     report.record(
         "8. 1,000 WebSocket clients, one broadcast",
         f"{clients_wanted} broadcast clients on one serve-b, {rounds} messages",
