@@ -126,6 +126,10 @@ class RedisCluster:
             f"nodes-{port}.conf",
             "--cluster-node-timeout",
             str(self.node_timeout_ms),
+            # A replica whose link looked stale on a loaded machine would otherwise refuse to
+            # fail over ("data too old"), and the cluster would stay down: always try.
+            "--cluster-replica-validity-factor",
+            "0",
             "--save",
             "",
             "--appendonly",
