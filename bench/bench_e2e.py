@@ -43,7 +43,7 @@ import uuid
 from typing import Any
 
 import orjson
-from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, uvicorn_argv
+from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
 from websockets.asyncio.client import connect
 
 TARGET_P50_MS = 5.0
@@ -388,14 +388,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rounds, --rate, --duration and --workers must be positive")
     started = time.perf_counter()
     rep = run(args, lambda line: print(line, file=sys.stderr, flush=True))
-    rep["command"] = " ".join(["python3", *sys.argv])
-    rep["wall_s"] = round(time.perf_counter() - started, 1)
-    if args.json:
-        render(rep, lambda line: print(line, file=sys.stderr))
-        print(json.dumps(rep, indent=2))
-    else:
-        render(rep, print)
-    return 0
+    return publish_report(rep, render, started, as_json=args.json)
 
 
 if __name__ == "__main__":

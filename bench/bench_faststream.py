@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover
         "FastStream is not installed. It is a benchmark-only dependency: pip install 'faststream[redis]'"
     ) from None
 
-from servers import PrivateRedis, environment
+from servers import PrivateRedis, environment, publish_report
 
 import mqctl
 from mqctl.backends.keyspace import Keyspace
@@ -327,14 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = {"publish": args.publish_messages, "consume": args.consume_messages}
     results, env = asyncio.run(run(args.rounds, sizes, lambda line: print(line, file=sys.stderr, flush=True)))
     rep = report(results, env, args.rounds)
-    rep["command"] = " ".join(["python3", *sys.argv])
-    rep["wall_s"] = round(time.perf_counter() - started, 1)
-    if args.json:
-        render(rep, lambda line: print(line, file=sys.stderr))
-        print(json.dumps(rep, indent=2))
-    else:
-        render(rep, print)
-    return 0
+    return publish_report(rep, render, started, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 import redis
 from bare_ingest import STREAM
-from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, uvicorn_argv
+from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
 
 from mqctl.backends.keyspace import Keyspace
 
@@ -422,14 +422,7 @@ def main(argv: list[str] | None = None) -> int:
         args.ours_uvloop,
         lambda line: print(line, file=sys.stderr, flush=True),
     )
-    rep["command"] = " ".join(["python3", *sys.argv])
-    rep["wall_s"] = round(time.perf_counter() - started, 1)
-    if args.json:
-        render(rep, lambda line: print(line, file=sys.stderr))
-        print(json.dumps(rep, indent=2))
-    else:
-        render(rep, print)
-    return 0
+    return publish_report(rep, render, started, as_json=args.json)
 
 
 if __name__ == "__main__":

@@ -241,3 +241,20 @@ def environment(*dists: str) -> dict[str, str]:
         env[dist] = version(dist)
     env["redis_server"] = redis_version()
     return env
+
+
+def publish_report(rep: dict, render, started: float, *, as_json: bool) -> int:
+    """Stamp a benchmark's report with its command and wall time, then print it:
+    the table on stdout, or (``--json``) the table on stderr and the JSON on stdout."""
+    import json
+    import sys
+    import time
+
+    rep["command"] = " ".join(["python3", *sys.argv])
+    rep["wall_s"] = round(time.perf_counter() - started, 1)
+    if as_json:
+        render(rep, lambda line: print(line, file=sys.stderr))
+        print(json.dumps(rep, indent=2))
+    else:
+        render(rep, print)
+    return 0
