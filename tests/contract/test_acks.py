@@ -1,0 +1,92 @@
+"""The broker contract, acks: those that come while a read is in flight share one round trip."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import mqctl
+from tests.contract.consuming import take
+
+
+async def _pending(broker: mqctl.Broker, topic: str, group: str = "default") -> int:
+    stats = await broker.stats(topic)
+    return next(g.pending for g in stats.groups if g.name == group)
+
+
+async def _reading(subscription: mqctl.Subscription) -> asyncio.Task[mqctl.Delivery]:
+    """Start the subscription's next (blocking) read and return once it is in flight."""
+    task = asyncio.ensure_future(anext(subscription))
+    while subscription._fetch is None:
+        await asyncio.sleep(0.001)
+    return task
+
+
+async def test_acks_during_a_read_go_out_together(broker: mqctl.Broker, mocker: Any) -> None:
+    """Acks that arrive while a blocking read is in flight are sent in a few XACKs, not one each."""
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(20)])
+    backend_ack = mocker.spy(broker.partitioned, "ack")
+    async with broker.subscribe("orders", batch=20, poll_interval=5) as sub:
+        deliveries = await take(sub, 20)
+        reading = await _reading(sub)
+        await asyncio.gather(*(d.ack() for d in deliveries))
+
+        sent = [i for call in backend_ack.call_args_list for i in call.args[2]]
+        assert sorted(sent) == sorted(d.id for d in deliveries)
+        assert backend_ack.call_count <= 2  # the first alone, the other 19 together
+        assert await _pending(broker, "orders") == 0
+        reading.cancel()
+
+
+async def test_a_cancelled_awaiter_does_not_cancel_the_others_acks(broker: mqctl.Broker) -> None:
+    """One ack awaiter cancelled mid-flight leaves the shared XACK, and the others' acks, intact."""
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(3)])
+    async with broker.subscribe("orders", batch=3, poll_interval=5) as sub:
+        first, second, third = await take(sub, 3)
+        reading = await _reading(sub)
+        await first.ack()  # starts the sender; the next two join one batch
+        cancelled = asyncio.ensure_future(second.ack())
+        kept = asyncio.ensure_future(third.ack())
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        await kept
+        assert cancelled.cancelled()
+        assert await _pending(broker, "orders") == 0
+        reading.cancel()
+
+
+async def test_a_failed_shared_ack_reaches_every_awaiter(broker: mqctl.Broker, mocker: Any) -> None:
+    """When the XACK of a batch fails, every ack in it raises, and the messages stay pending."""
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(4)])
+    async with broker.subscribe("orders", batch=4, poll_interval=5, ack_timeout=60) as sub:
+        deliveries = await take(sub, 4)
+        reading = await _reading(sub)
+        mocker.patch.object(broker.partitioned, "ack", side_effect=mqctl.BrokerUnavailable("gone"))
+        results = await asyncio.gather(*(d.ack() for d in deliveries), return_exceptions=True)
+        assert all(isinstance(r, mqctl.BrokerUnavailable) for r in results), results
+        mocker.stopall()
+        assert await _pending(broker, "orders") == 4
+        reading.cancel()
+
+
+async def test_close_waits_for_acks_in_flight(broker: mqctl.Broker) -> None:
+    """aclose() returns only after the acks taken during a read have reached the broker."""
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(5)])
+    sub = broker.subscribe("orders", batch=5, poll_interval=5)
+    async with sub:
+        deliveries = await take(sub, 5)
+        await _reading(sub)
+        acks = [asyncio.ensure_future(d.ack()) for d in deliveries]
+        await asyncio.sleep(0)
+    assert all(a.done() and a.exception() is None for a in acks)
+    assert await _pending(broker, "orders") == 0
+
+
+async def test_an_ack_after_close_is_still_sent(broker: mqctl.Broker) -> None:
+    """A delivery acked after its subscription closed is acknowledged, not left to time out."""
+    await broker.publish("orders", {"type": "n"})
+    async with broker.subscribe("orders", poll_interval=5, ack_timeout=60) as sub:
+        (delivery,) = await take(sub, 1)
+    assert await _pending(broker, "orders") == 1  # handed back by aclose()
+    await delivery.ack()
+    assert await _pending(broker, "orders") == 0
