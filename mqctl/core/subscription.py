@@ -6,8 +6,8 @@ it also takes over deliveries that some consumer of the group left unacknowledge
 ``ack_timeout_s`` (crashed, hung, or nacked), moving those that used up
 ``max_attempts`` to the dead letters. Acks are gathered and sent with the next read; those
 that come while a read is in flight go out together, one XACK for all that came during the
-previous one (the way a database commits a group of transactions), so acks never wait on
-a timer and a busy consumer does not pay one round trip per message.
+previous one (``Coalescer``), so acks never wait on a timer and a busy consumer does not
+pay one round trip per message.
 
 Two optional callbacks let an owner observe a reader without parsing its logs (the
 services' metrics use them); both must be quick and must not raise:
@@ -23,11 +23,12 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from mqctl.core.backend import Entry
+from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import ConfigError, InvalidMessage, SubscriptionClosed
 from mqctl.core.filters import Filter, Predicate, as_filter
 from mqctl.core.message import Message, decode
@@ -210,9 +211,7 @@ class Subscription(_Reader):
         self._clock = clock
         self._next_reclaim = 0.0
         self._acks: list[str] = []
-        self._late_acks: list[str] = []  # taken while a read was in flight
-        self._late_sent: asyncio.Future[None] | None = None  # done when _late_acks are sent
-        self._late_sender: asyncio.Task[None] | None = None
+        self._late_acks: Coalescer[str, None] = Coalescer(self._send_late_acks)  # taken during a read
         self._outstanding: set[str] = set()
         self.on_dead_letter: Callable[[int], None] | None = None
 
@@ -290,39 +289,15 @@ class Subscription(_Reader):
         if self._closed or self._fetch is not None:
             # No read is coming soon to carry the ack: send it now, with any others that come
             # before the XACK in flight returns.
-            return self._ack_soon(entry_id)
+            return self._late_acks.submit(entry_id)
         self._acks.append(entry_id)
         if len(self._acks) >= 10 * self.batch:  # normally they ride with the next read
             return self._flush_acks()
         return _DONE
 
-    def _ack_soon(self, entry_id: str) -> Awaitable[None]:
-        self._late_acks.append(entry_id)
-        if self._late_sent is None:
-            self._late_sent = asyncio.get_running_loop().create_future()
-        if self._late_sender is None:
-            self._late_sender = asyncio.ensure_future(self._send_late_acks())
-        # Shielded: one awaiter that is cancelled must not cancel the others' result.
-        return asyncio.shield(self._late_sent)
-
-    async def _send_late_acks(self) -> None:
-        try:
-            while self._late_acks:
-                ids, sent = self._late_acks, self._late_sent
-                self._late_acks, self._late_sent = [], None
-                assert sent is not None  # created with the first id of the list
-                try:
-                    await self.broker.partitioned.ack(self.topic, self.group, ids)
-                except Exception as exc:
-                    sent.set_exception(exc)
-                    sent.exception()  # the awaiters see it; no "never retrieved" if none is left
-                except BaseException:
-                    sent.cancel()  # cancelled with the loop: the ack timeout redelivers
-                    raise
-                else:
-                    sent.set_result(None)
-        finally:
-            self._late_sender = None
+    async def _send_late_acks(self, ids: Sequence[str]) -> list[None]:
+        await self.broker.partitioned.ack(self.topic, self.group, ids)
+        return [None] * len(ids)
 
     async def _nack(self, delivery: Delivery, delay_s: float | None, reason: str) -> None:
         self._outstanding.discard(delivery.id)
@@ -356,9 +331,8 @@ class Subscription(_Reader):
         if self._closed:
             return
         await super().aclose()
-        if self._late_sender is not None:
-            with contextlib.suppress(Exception):  # its awaiters saw any failure
-                await asyncio.shield(self._late_sender)
+        with contextlib.suppress(Exception):  # the acks' awaiters saw any failure
+            await self._late_acks.aclose()
         backend = self.broker.partitioned
         unsettled = [e.id for e in self._buffer] + sorted(self._outstanding)
         self._buffer.clear()
