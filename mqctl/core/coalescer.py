@@ -55,8 +55,11 @@ class Coalescer(Generic[Item, Result]):
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch = self._queue[: self._max_batch]
+                # A caller cancelled whose task has not yet run to take its item out: leave it out.
+                batch = [entry for entry in self._queue[: self._max_batch] if not entry[1].done()]
                 del self._queue[: self._max_batch]
+                if not batch:
+                    continue
                 try:
                     results: Sequence[Result | BaseException] = await self._send([item for item, _ in batch])
                     if len(results) != len(batch):

@@ -200,3 +200,19 @@ async def test_a_submit_given_up_before_its_batch_leaves_is_never_sent() -> None
     with pytest.raises(asyncio.CancelledError):
         await waiting
     assert send.batches == [[1], [3]]
+
+
+async def test_a_submit_cancelled_just_before_its_batch_forms_is_never_sent() -> None:
+    """The caller's cancellation lands before its task runs again to take the item out, and the
+    drainer forms the batch in between: the item is still left out."""
+    send = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(send)
+    cancelled = asyncio.ensure_future(coalescer.submit(1))
+    kept = asyncio.ensure_future(coalescer.submit(2))
+    await asyncio.sleep(0)  # both queued; the drainer is scheduled but has not run
+    cancelled.cancel()  # the drainer runs before the cancelled task wakes up
+
+    assert await kept == 20
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert send.batches == [[2]]
