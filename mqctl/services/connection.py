@@ -5,19 +5,27 @@ with ``send_text`` (the only task that writes to the socket), a *reader* handlin
 client's ack/nack frames, and the *setup* that joins a pump (see ``pumps.py``). Whoever
 wants it gone calls ``close(code, reason)``; the handler then stops the tasks, hands back
 what the client had not acknowledged and sends the close frame.
+
+The writer works in bursts: it takes every frame waiting (up to ``BURST``), writes them
+one by one, then settles the burst's auto-acks together, so they leave in one XACK where
+the subscription can group them. It wakes the pump only when the outbox goes from full to
+having room, not once per frame.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
 from starlette.websockets import WebSocket
 
 from mqctl.core.filters import Filter
@@ -33,6 +41,8 @@ MAX_FRAME_BYTES = 64 * 1024
 """Largest frame a client may send; a larger one closes the connection with 1009."""
 STALL_S = 5.0
 """A group connection whose outbox stays full this long is closed with 4001."""
+BURST = 256
+"""Most frames the writer takes from the outbox at once (before it settles their auto-acks)."""
 
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
@@ -56,7 +66,10 @@ def id_key(entry_id: str) -> IdKey:
 
 def dumps(frame: dict[str, Any]) -> str:
     """One frame as compact JSON text."""
-    return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return orjson.dumps(frame).decode()  # several times faster, and this runs once per frame
+    except TypeError:  # what orjson does not take (an int over 64 bits...): the standard library
+        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
 def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str) -> str:
@@ -83,21 +96,40 @@ async def settle(action: Callable[[], Awaitable[None]], what: str, delivery: Del
     try:
         await action()
     except Exception as exc:
-        log.warning(
-            "Could not %s message %s of %r for group %r: %s",
-            what,
-            delivery.id,
-            delivery.topic,
-            delivery.group,
-            exc,
-            extra={"message_id": delivery.id},
-        )
+        _settle_failed(what, delivery, exc)
         return False
     return True
 
 
+def _settle_failed(what: str, delivery: Delivery, exc: Exception) -> None:
+    log.warning(
+        "Could not %s message %s of %r for group %r: %s",
+        what,
+        delivery.id,
+        delivery.topic,
+        delivery.group,
+        exc,
+        extra={"message_id": delivery.id},
+    )
+
+
 def _nothing() -> None:
     pass
+
+
+_sending: set[asyncio.Future[None]] = set()  # ack batches in flight (the loop keeps only weak references)
+
+
+async def _send_acks(sending: list[tuple[Delivery, Awaitable[None]]], counters: ConnectionCounters | None) -> None:
+    """Await acks concurrently, so the subscription can send them in one XACK."""
+    results = await asyncio.gather(*(done for _, done in sending), return_exceptions=True)
+    for (delivery, _), result in zip(sending, results, strict=True):
+        if isinstance(result, Exception):
+            _settle_failed("acknowledge", delivery, result)
+        elif isinstance(result, BaseException):
+            log.debug("The ack of %s was cancelled; the ack timeout redelivers it", delivery.id)
+        elif counters is not None:
+            counters.settled("ack")
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +177,9 @@ class Connection:
         self.ended = asyncio.Event()
         self._clock = clock
         self._counters = counters
-        self._outbox: asyncio.Queue[_Frame] = asyncio.Queue()
-        self._queued = 0  # frames in the outbox; capacity bounds it
-        self._drained = asyncio.Event()
+        self._outbox: deque[_Frame] = deque()  # capacity bounds it (forced frames aside)
+        self._idle: asyncio.Future[None] | None = None  # the writer waits on it while the outbox is empty
+        self._drained = asyncio.Event()  # set when the outbox goes from full to having room
 
     # -- what the pumps use ---------------------------------------------------------
 
@@ -157,8 +189,8 @@ class Connection:
 
     @property
     def queued(self) -> int:
-        """Frames in the outbox, not yet written to the socket."""
-        return self._queued
+        """Frames in the outbox, not yet taken by the writer."""
+        return len(self._outbox)
 
     def accepts(self, message: Message) -> bool:
         return self.filter is None or self.filter(message)
@@ -167,7 +199,7 @@ class Connection:
         """True if the outbox takes another frame; notes when it was first found full."""
         if self.closing or self.draining:
             return False
-        if self._queued < self.capacity:
+        if len(self._outbox) < self.capacity:
             return True
         if self.full_since is None:
             self.full_since = self._clock()
@@ -178,7 +210,7 @@ class Connection:
         return (
             not self.closing
             and self.full_since is not None
-            and self._queued >= self.capacity
+            and len(self._outbox) >= self.capacity
             and now - self.full_since >= STALL_S
         )
 
@@ -187,19 +219,24 @@ class Connection:
 
         A frame with a ``delivery`` carries a message; so does one pushed with ``message=True``
         (a broadcast); the others are events and errors."""
-        if self._queued >= self.capacity and not force:
+        outbox = self._outbox
+        if len(outbox) >= self.capacity and not force:
             return False
-        self._queued += 1
-        if self._queued >= self.capacity and self.full_since is None:
+        outbox.append(_Frame(text, delivery, message or delivery is not None))
+        if len(outbox) >= self.capacity and self.full_since is None:
             self.full_since = self._clock()
         if delivery is not None:
             self.unacked[delivery.id] = delivery
-        self._outbox.put_nowait(_Frame(text, delivery, message or delivery is not None))
+        idle = self._idle
+        if idle is not None:
+            self._idle = None
+            if not idle.done():
+                idle.set_result(None)
         return True
 
     async def push_wait(self, text: str, *, message: bool = False) -> bool:
         """Queue one frame once the outbox has room (the caller is cancelled if the connection ends)."""
-        while self._queued >= self.capacity:
+        while len(self._outbox) >= self.capacity:
             self._drained.clear()
             await self._drained.wait()
         return self.push(text, message=message)
@@ -244,23 +281,77 @@ class Connection:
     async def _write_loop(self) -> None:
         try:
             while True:
-                frame = await self._outbox.get()
-                self._queued -= 1
-                self.full_since = None
-                self._drained.set()
-                self.wake()
-                await self.websocket.send_text(frame.text)
-                delivery = frame.delivery
-                if frame.message and self._counters is not None:
-                    self._counters.sent(1 if delivery is None else delivery.attempt)
-                if delivery is not None and self.auto_ack and self.unacked.get(delivery.id) is delivery:
-                    del self.unacked[delivery.id]
-                    if await settle(delivery.ack, "acknowledge", delivery) and self._counters is not None:
-                        self._counters.settled("ack")
+                if not self._outbox:
+                    self._idle = asyncio.get_running_loop().create_future()
+                    await self._idle
+                    continue
+                burst = self._take()
+                written: list[Delivery] = []  # auto-acked deliveries whose frame went to the socket
+                try:
+                    await self._write(burst, written)
+                finally:  # also when the socket fails or the task is cancelled mid-burst
+                    if written:
+                        await self._auto_ack(written)
         except Exception as exc:  # the socket is gone
             log.debug("WebSocket writer of %r stopped: %r", self.topic, exc)
             self.client_gone = True
             self.ended.set()
+
+    def _take(self) -> list[_Frame]:
+        """Up to ``BURST`` frames from the outbox; wakes the pump if that gave the outbox room."""
+        outbox = self._outbox
+        was_full = len(outbox) >= self.capacity
+        if len(outbox) <= BURST:
+            burst = list(outbox)
+            outbox.clear()
+        else:
+            burst = [outbox.popleft() for _ in range(BURST)]
+        self.full_since = None
+        if was_full and len(outbox) < self.capacity:
+            self._drained.set()
+            self.wake()
+        return burst
+
+    async def _write(self, burst: list[_Frame], written: list[Delivery]) -> None:
+        send = self.websocket.send_text
+        counters = self._counters
+        auto_ack = self.auto_ack
+        for frame in burst:
+            await send(frame.text)
+            delivery = frame.delivery
+            if frame.message and counters is not None:
+                counters.sent(1 if delivery is None else delivery.attempt)
+            if delivery is not None and auto_ack:
+                written.append(delivery)
+
+    async def _auto_ack(self, written: list[Delivery]) -> None:
+        """Acknowledge deliveries written to the socket that the client has not settled itself.
+
+        Acks the subscription takes at once (to ride with its next read) cost nothing. Those
+        it must send (a read is in flight) are sent together, by one task that the writer
+        does not wait for, and that does not end with the connection."""
+        unacked = self.unacked
+        counters = self._counters
+        sending: list[tuple[Delivery, Awaitable[None]]] = []
+        for delivery in written:
+            if unacked.get(delivery.id) is not delivery:
+                continue  # settled by the client, or superseded by a redelivery
+            del unacked[delivery.id]
+            done = delivery.ack()
+            if inspect.iscoroutine(done) or asyncio.isfuture(done):
+                sending.append((delivery, done))
+                continue
+            try:
+                await done  # queued for the next read: already complete
+            except Exception as exc:
+                _settle_failed("acknowledge", delivery, exc)
+            else:
+                if counters is not None:
+                    counters.settled("ack")
+        if sending:
+            task = asyncio.ensure_future(_send_acks(sending, counters))
+            _sending.add(task)
+            task.add_done_callback(_sending.discard)
 
     async def _read_loop(self) -> None:
         try:

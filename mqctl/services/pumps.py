@@ -199,25 +199,28 @@ class GroupPump(_Pump):
         text = message_frame(delivery.id, delivery.message, attempt=delivery.attempt, topic=self.topic)
         while True:
             self._changed.clear()
-            live = [c for c in self.connections if not c.closing]
-            if not live:
-                return  # the pump is closing: the subscription hands the delivery back
-            count = len(self.connections)
-            matched = False
+            connections = self.connections
+            count = len(connections)
+            live = matched = False
             for step in range(count):
                 position = (self._next + step) % count
-                connection = self.connections[position]
-                if connection.closing or not connection.accepts(delivery.message):
+                connection = connections[position]
+                if connection.closing:
+                    continue
+                live = True
+                if not connection.accepts(delivery.message):
                     continue
                 matched = True
                 if connection.has_room():
                     self._next = position + 1
                     if delivery.attempt > 1:  # a redelivery supersedes the copy another client sat on
-                        for other in self.connections:
+                        for other in connections:
                             if other is not connection:
                                 other.unacked.pop(delivery.id, None)
                     connection.push(text, delivery)
                     return
+            if not live:
+                return  # the pump is closing: the subscription hands the delivery back
             if not matched:
                 await settle(delivery.ack, "acknowledge (filtered out)", delivery)
                 return
