@@ -7,8 +7,8 @@ wants it gone calls ``close(code, reason)``; the handler then stops the tasks, h
 what the client had not acknowledged and sends the close frame.
 
 The writer works in bursts: it takes every frame waiting (up to ``BURST``), writes them
-one by one, then settles the burst's auto-acks together, so they leave in one XACK where
-the subscription can group them. It wakes the pump only when the outbox goes from full to
+one by one, then hands the burst's auto-acks to the pump, which gives them to the subscription
+between its reads, so that they ride with the next read. It wakes the pump only when the outbox goes from full to
 having room, not once per frame.
 """
 
@@ -117,11 +117,23 @@ def _nothing() -> None:
     pass
 
 
-_sending: set[asyncio.Future[None]] = set()  # ack batches in flight (the loop keeps only weak references)
+def ack_all(deliveries: list[Delivery], counters: ConnectionCounters | None) -> Awaitable[None] | None:
+    """Ask for the ack of every delivery before awaiting any; None if all were taken at once.
+
+    An ack the subscription takes at once (to ride with its next read: the common case) is
+    counted here. Those it must send now (a read is in flight) come back as one awaitable
+    that awaits them together, so they can share one XACK."""
+    sending: list[tuple[Delivery, Awaitable[None]]] = []
+    for delivery in deliveries:
+        done = delivery.ack()
+        if inspect.iscoroutine(done) or asyncio.isfuture(done):
+            sending.append((delivery, done))
+        elif counters is not None:
+            counters.settled("ack")
+    return _send_acks(sending, counters) if sending else None
 
 
 async def _send_acks(sending: list[tuple[Delivery, Awaitable[None]]], counters: ConnectionCounters | None) -> None:
-    """Await acks concurrently, so the subscription can send them in one XACK."""
     results = await asyncio.gather(*(done for _, done in sending), return_exceptions=True)
     for (delivery, _), result in zip(sending, results, strict=True):
         if isinstance(result, Exception):
@@ -130,6 +142,16 @@ async def _send_acks(sending: list[tuple[Delivery, Awaitable[None]]], counters: 
             log.debug("The ack of %s was cancelled; the ack timeout redelivers it", delivery.id)
         elif counters is not None:
             counters.settled("ack")
+
+
+_detached: set[asyncio.Future[None]] = set()  # the loop keeps only weak references to tasks
+
+
+def run_detached(work: Awaitable[None]) -> None:
+    """Run ``work`` in a task of its own that does not end with the connection (acks of frames sent)."""
+    task = asyncio.ensure_future(work)
+    _detached.add(task)
+    task.add_done_callback(_detached.discard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +190,8 @@ class Connection:
         """Live broadcast frames held back while this connection catches up from history."""
         self.wake: Callable[[], None] = _nothing
         """Called when the outbox has room again (set by the group pump)."""
+        self.hand_acks: Callable[[list[Delivery]], None] | None = None
+        """Takes the auto-acks of frames written (set by the group pump); None: the writer sends them."""
         self.full_since: float | None = None
         self.draining = False
         """Set on shutdown: the pumps hand this connection nothing more, so it can finish what it holds."""
@@ -291,7 +315,7 @@ class Connection:
                     await self._write(burst, written)
                 finally:  # also when the socket fails or the task is cancelled mid-burst
                     if written:
-                        await self._auto_ack(written)
+                        self._auto_ack(written)
         except Exception as exc:  # the socket is gone
             log.debug("WebSocket writer of %r stopped: %r", self.topic, exc)
             self.client_gone = True
@@ -324,34 +348,23 @@ class Connection:
             if delivery is not None and auto_ack:
                 written.append(delivery)
 
-    async def _auto_ack(self, written: list[Delivery]) -> None:
-        """Acknowledge deliveries written to the socket that the client has not settled itself.
-
-        Acks the subscription takes at once (to ride with its next read) cost nothing. Those
-        it must send (a read is in flight) are sent together, by one task that the writer
-        does not wait for, and that does not end with the connection."""
+    def _auto_ack(self, written: list[Delivery]) -> None:
+        """Acknowledge deliveries written to the socket that the client has not settled itself:
+        through the pump (``hand_acks``) if it takes them, else at once."""
         unacked = self.unacked
-        counters = self._counters
-        sending: list[tuple[Delivery, Awaitable[None]]] = []
+        due: list[Delivery] = []
         for delivery in written:
-            if unacked.get(delivery.id) is not delivery:
-                continue  # settled by the client, or superseded by a redelivery
-            del unacked[delivery.id]
-            done = delivery.ack()
-            if inspect.iscoroutine(done) or asyncio.isfuture(done):
-                sending.append((delivery, done))
-                continue
-            try:
-                await done  # queued for the next read: already complete
-            except Exception as exc:
-                _settle_failed("acknowledge", delivery, exc)
-            else:
-                if counters is not None:
-                    counters.settled("ack")
-        if sending:
-            task = asyncio.ensure_future(_send_acks(sending, counters))
-            _sending.add(task)
-            task.add_done_callback(_sending.discard)
+            if unacked.get(delivery.id) is delivery:  # else settled by the client, or superseded
+                del unacked[delivery.id]
+                due.append(delivery)
+        if not due:
+            return
+        if self.hand_acks is not None:
+            self.hand_acks(due)
+            return
+        rest = ack_all(due, self._counters)
+        if rest is not None:
+            run_detached(rest)
 
     async def _read_loop(self) -> None:
         try:
