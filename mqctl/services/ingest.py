@@ -25,29 +25,35 @@ A 202 means the broker has stored the message. Every error is JSON
     503     broker_out_of_memory  Redis refuses writes; ``Retry-After`` set
     503     broker_unavailable    the broker did not answer in time; ``Retry-After`` set
     500     internal_error        anything else; logged with its traceback, never shown
+
+The two POST endpoints are served by plain Starlette routes (``mqctl.services.publishing``);
+FastAPI routes of the same paths describe them in ``/openapi.json`` and ``/docs``. The bodies
+are in ``mqctl.services.bodies``, the errors in ``mqctl.services.problems``, the header and
+body limits in ``mqctl.services.guard``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from mqctl import __version__
 from mqctl.config import Settings
 from mqctl.connect import open_broker
 from mqctl.core.broker import Broker
-from mqctl.core.errors import MQError, QueueFull
-from mqctl.core.message import Message
+from mqctl.core.errors import MQError
 from mqctl.core.names import check_name
 from mqctl.services.bodies import (
     EXAMPLE_MESSAGE,
@@ -64,22 +70,23 @@ from mqctl.services.guard import MAX_HEADER_BYTES, MAX_HEADERS, Guard
 from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route
 from mqctl.services.problems import (
     MAX_DETAIL,
-    MAX_NAME,
     ErrorResponse,
-    FieldError,
     Problem,
-    broker_problem,
     http_problem,
-    internal_error,
     redactor,
     shorten,
     validation_problem,
 )
+from mqctl.services.publishing import (
+    JSON_TYPE,
+    PublishHandler,
+    Served,
+    bearer,
+    broker_of,
+    idempotency_key,
+)
 
 log = logging.getLogger(__name__)
-
-MAX_IDEMPOTENCY_KEY_LENGTH = 200
-
 
 # -- the app -------------------------------------------------------------------------
 
@@ -118,30 +125,51 @@ _PUBLISH_EXAMPLES: dict[str, Any] = {
     "order": {"summary": "A JSON object as content", "value": EXAMPLE_MESSAGE},
     "text": {"summary": "A string as content, no headers", "value": {"type": "note", "content": "hello"}},
 }
+_BODY_MODELS: tuple[type[BaseModel], ...] = (PublishRequest, BatchRequest)
+
+
+def _request_body_doc(model: type[BaseModel], **media: Any) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of an endpoint that reads ``model`` itself (see ``_BODY_MODELS``)."""
+    schema = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {JSON_TYPE: {"schema": schema, **media}}}}
+
+
+_PUBLISH_DOC: dict[str, Any] = {
+    **_request_body_doc(PublishRequest, examples=_PUBLISH_EXAMPLES),
+    "parameters": [
+        {
+            "name": "Idempotency-Key",
+            "in": "header",
+            "required": False,
+            "schema": idempotency_key.json_schema(),
+            "description": idempotency_key.json_schema()["description"],
+        }
+    ],
+}
+_PUBLISH_BATCH_DOC = _request_body_doc(BatchRequest)
+
+
+def _body_schemas() -> dict[str, Any]:
+    """The OpenAPI components of ``_BODY_MODELS`` (and the models they use), as FastAPI writes them."""
+    described = APIRouter()
+    for model in _BODY_MODELS:
+        described.add_api_route(f"/{model.__name__}", _takes(model), methods=["POST"], name=model.__name__)
+    _, definitions = models_json_schema([(model, "validation") for model in _BODY_MODELS])
+    schemas: dict[str, Any] = get_openapi(title="", version="", routes=described.routes)["components"]["schemas"]
+    return {name: schemas[name] for name in definitions["$defs"]}
+
+
+def _takes(model: type[BaseModel]) -> Callable[..., Awaitable[None]]:
+    async def endpoint(body: Any) -> None:
+        """Never called: it shows FastAPI the body model."""
+
+    endpoint.__annotations__ = {"body": model, "return": None}  # postponed annotations would name "model"
+    return endpoint
 
 
 # Dependencies are async: FastAPI would run a plain def in its thread pool on every request.
 async def _broker(request: Request) -> Broker:
-    broker: Broker | None = getattr(request.app.state, "broker", None)
-    if broker is None:
-        raise RuntimeError("Service A has no broker: its lifespan did not run and create_app was given none.")
-    return broker
-
-
-async def _require_json(request: Request) -> None:
-    content_type = request.headers.get("content-type", "")
-    media_type = content_type.partition(";")[0].strip().lower()
-    main, _, sub = media_type.partition("/")
-    if main == "application" and (sub == "json" or sub.endswith("+json")):
-        return
-    got = f"got {shorten(content_type, MAX_NAME)!r}" if content_type else "got none"
-    reason = f"Must be application/json; {got}."
-    raise Problem(
-        415,
-        "invalid_request",
-        f"The request body must be JSON sent with Content-Type: application/json; {got}.",
-        fields=[FieldError(field="Content-Type", location="header", reason=reason)],
-    )
+    return broker_of(request.app.state)
 
 
 def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
@@ -192,6 +220,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.add_middleware(Guard, max_body_bytes=settings.max_body_bytes, log=log)
     app.add_middleware(Observe, metrics=metrics)  # outermost: it times and counts what the client sees
+    handler = PublishHandler(app, settings, metrics, default_topic, log)
 
     @app.exception_handler(Problem)
     async def on_problem(request: Request, exc: Problem) -> JSONResponse:
@@ -206,68 +235,60 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         return http_problem(exc).response(redact)
 
     @app.exception_handler(MQError)
-    async def on_broker_error(request: Request, exc: MQError) -> JSONResponse:
-        problem = broker_problem(exc)
-        if problem is None:
-            log.error("Unexpected broker error in %s %s", request.method, request.url.path, exc_info=exc)
-            return internal_error().response()
-        if problem.status_code == 503 and not isinstance(exc, QueueFull):
-            log.warning("Publish failed, answering %s: %s", problem.body.error, redact(str(exc)))
-        return problem.response(redact)
+    async def on_broker_error(request: Request, exc: MQError) -> Response:
+        return handler.broker_error(request, exc)
 
-    publish_dependencies = [Depends(_require_json)]
+    # The documented routes: FastAPI describes them in /openapi.json. The served routes, inserted
+    # ahead of them below, answer the requests; both call the same handler.
     publish_errors = dict(_PUBLISH_ERRORS)
+    security = []
     if settings.token is not None:
-        publish_dependencies.insert(0, Depends(_authorizer(settings.token)))
+        security.append(Depends(bearer))  # documents the scheme; the handler checks the token
         publish_errors.update(_AUTH_ERROR)
 
     @app.post(
         "/messages",
         status_code=202,
+        response_model=Accepted,
         summary="Publish one message",
         response_description="The broker has stored the message.",
         responses=publish_errors,
-        dependencies=publish_dependencies,
+        dependencies=security,
+        openapi_extra=_PUBLISH_DOC,
     )
-    async def publish(
-        message: Annotated[PublishRequest, Body(openapi_examples=_PUBLISH_EXAMPLES)],
-        broker: Annotated[Broker, Depends(_broker)],
-        idempotency_key: Annotated[
-            str | None,
-            Header(
-                alias="Idempotency-Key",
-                min_length=1,
-                max_length=MAX_IDEMPOTENCY_KEY_LENGTH,
-                description="Publishing again with the same key (within an hour) returns the first id, stores nothing.",
-            ),
-        ] = None,
-    ) -> Accepted:
+    async def publish(request: Request) -> Response:
         """Store one message on a topic; answers 202 with its id once the broker has it."""
-        topic = message.topic or default_topic
-        stored = Message(message.type, message.content, message.headers)
-        message_id = await broker.publish(topic, stored, key=message.key, idempotency_key=idempotency_key)
-        metrics.published_to(topic, 1)
-        return Accepted(id=message_id, topic=topic)
+        return await handler.publish(request)
 
     @app.post(
         "/messages/batch",
         status_code=202,
+        response_model=BatchAccepted,
         summary="Publish up to 1000 messages in one round trip",
         response_description="The broker has stored every message.",
         responses=publish_errors,
-        dependencies=publish_dependencies,
+        dependencies=security,
+        openapi_extra=_PUBLISH_BATCH_DOC,
     )
-    async def publish_batch(
-        batch: BatchRequest,
-        broker: Annotated[Broker, Depends(_broker)],
-    ) -> BatchAccepted:
+    async def publish_batch(request: Request) -> Response:
         """Store every message on one topic, all or none; answers 202 with their ids in order."""
-        topic = batch.topic or default_topic
-        ids = await broker.publish_many(
-            topic, [Message(m.type, m.content, m.headers) for m in batch.messages], key=batch.key
-        )
-        metrics.published_to(topic, len(ids))
-        return BatchAccepted(ids=ids, count=len(ids), topic=topic)
+        return await handler.publish_batch(request)
+
+    app.router.routes[0:0] = [
+        Route("/messages", Served(handler.publish), methods=["POST"], name="publish"),
+        Route("/messages/batch", Served(handler.publish_batch), methods=["POST"], name="publish_batch"),
+    ]
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, plus the body models that the publish endpoints read themselves."""
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = FastAPI.openapi(app)  # built once, and kept in app.openapi_schema
+        schemas = {**schema.setdefault("components", {}).get("schemas", {}), **_body_schemas()}
+        schema["components"]["schemas"] = dict(sorted(schemas.items()))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.get("/health", summary="Liveness: the process answers")
     async def health() -> Health:
@@ -300,22 +321,3 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
 
     add_metrics_route(app, metrics)
     return app
-
-
-_bearer = HTTPBearer(auto_error=False, description="The service's token (MQCTL_TOKEN).")
-
-
-def _authorizer(token: str) -> Callable[..., Any]:
-    expected = token.encode()
-
-    # Annotations name only module globals: with postponed annotations FastAPI resolves them there.
-    async def authorize(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
-        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected):
-            raise Problem(
-                401,
-                "unauthorized",
-                "This service needs a bearer token: send the header 'Authorization: Bearer <token>'.",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-
-    return authorize

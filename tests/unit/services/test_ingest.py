@@ -13,12 +13,15 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pytest_mock import MockerFixture
+from starlette.routing import Route
 
 import mqctl
 from mqctl.backends.keyspace import Keyspace
 from mqctl.config import Settings
 from mqctl.core.message import decode
+from mqctl.services.bodies import BatchRequest, PublishRequest
 from mqctl.services.ingest import create_app
 
 TOPIC = "orders"
@@ -703,6 +706,69 @@ async def test_openapi_example_is_accepted_as_is(client: httpx.AsyncClient) -> N
         assert (await client.post("/messages", json=example["value"])).status_code == 202
     for example in batch_examples:
         assert (await client.post("/messages/batch", json=example)).status_code == 202
+
+
+async def test_publish_paths_are_served_by_lean_routes_ahead_of_the_documented_ones(broker: mqctl.Broker) -> None:
+    """POST /messages(/batch) first match plain Starlette routes; FastAPI's routes of the same paths only document."""
+    app = create_app(make_settings(), broker=broker)
+    for path in ("/messages", "/messages/batch"):
+        matching = [route for route in app.routes if isinstance(route, Route) and route.path == path]
+        assert [type(route) for route in matching] == [Route, APIRoute]
+        assert app.routes.index(matching[0]) < app.routes.index(matching[1])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        ("/messages", {"type": "t", "content": {"a": 1}, "headers": {"h": "v"}, "topic": "other"}, {}),
+        ("/messages", {"type": "t", "content": 1}, {"Idempotency-Key": "k"}),
+        ("/messages", {"type": "", "content": 1, "extra": 2}, {"Idempotency-Key": ""}),
+        ("/messages", None, {"Content-Type": "text/plain"}),
+        ("/messages/batch", {"messages": [{"type": "t", "content": 1}, {"type": "u"}]}, {}),
+        ("/messages/batch", {"messages": []}, {}),
+    ],
+)
+async def test_documented_route_answers_as_the_served_one(
+    path: str, body: dict[str, Any] | None, headers: dict[str, str]
+) -> None:
+    """The FastAPI route behind the served one calls the same handler: with the served route gone, answers match."""
+    answers = []
+    for served in (True, False):
+        memory = mqctl.open_broker(f"memory://test-{uuid.uuid4().hex}", max_backlog=100, max_message_bytes=512)
+        app = create_app(make_settings(), broker=memory)
+        if not served:
+            app.router.routes[:] = [r for r in app.routes if isinstance(r, APIRoute) or getattr(r, "path", "") != path]
+        async with client_for(app) as client:
+            content = b"hello" if body is None else json.dumps(body).encode()
+            response = await client.post(path, content=content, headers={"Content-Type": "application/json", **headers})
+        await memory.aclose()
+        answers.append((response.status_code, {**response.json(), "id": None, "ids": None}))
+    assert answers[0] == answers[1]
+
+
+async def test_documented_body_and_header_are_what_the_served_route_checks(client: httpx.AsyncClient) -> None:
+    """The schema names the body models the served routes validate, and Idempotency-Key's limits are enforced."""
+    schema = (await client.get("/openapi.json")).json()
+    components = schema["components"]["schemas"]
+    for path, model in (("/messages", PublishRequest), ("/messages/batch", BatchRequest)):
+        body = schema["paths"][path]["post"]["requestBody"]
+        assert body["required"] is True
+        assert body["content"]["application/json"]["schema"] == {"$ref": f"#/components/schemas/{model.__name__}"}
+        documented = components[model.__name__]
+        assert documented["properties"].keys() == model.model_fields.keys()
+        assert set(documented["required"]) == {n for n, f in model.model_fields.items() if f.is_required()}
+    assert components["BatchRequest"]["properties"]["messages"]["items"] == {"$ref": "#/components/schemas/NewMessage"}
+    (header,) = schema["paths"]["/messages"]["post"]["parameters"]
+    assert (header["name"], header["in"], header["required"]) == ("Idempotency-Key", "header", False)
+    limits = header["schema"]["anyOf"][0]
+    message = {"type": "t", "content": 1}
+
+    for length, status in ((limits["minLength"], 202), (limits["maxLength"], 202), (limits["maxLength"] + 1, 422)):
+        response = await client.post("/messages", json=message, headers={"Idempotency-Key": "k" * length})
+        assert response.status_code == status, response.text
+    refused = await client.post("/messages", json={**message, "unknown": 1})
+    assert assert_error(refused, 422, "invalid_request")["fields"][0]["field"] == "unknown"
+    assert components["PublishRequest"]["additionalProperties"] is False
 
 
 async def test_docs_serves_swagger_ui(client: httpx.AsyncClient) -> None:
