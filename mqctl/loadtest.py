@@ -7,6 +7,12 @@ reordered, and how long each took from publish to receipt.
 
 Each run uses its own topic (``<topic>-<run id>``), so its messages are the only ones in
 the group it listens to and nothing is left unacknowledged behind it.
+
+The generator must not be the bottleneck it measures: each worker owns one keep-alive
+connection (``mqctl.clients.http``), the ceiling is measured on those same connections
+before the run, ``rate`` spaces the requests evenly over the workers, latency runs from just
+before a POST is written to the receipt of its frame, and the listeners ack each burst of
+frames in one frame.
 """
 
 from __future__ import annotations
@@ -20,10 +26,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 
-from mqctl.core.errors import MQError
+from mqctl.clients.http import HttpConnection, Origin
+from mqctl.core.errors import BrokerUnavailable, MQError
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +52,8 @@ class LoadSpec:
     measure_ceiling: bool = True
     listen_query: str = ""
     """Extra query parameters for the listeners' WebSocket URL (e.g. ``type=x`` to filter)."""
+    request_timeout_s: float = 30.0
+    """A POST that takes longer is abandoned (its connection closed) and counted as ``timeout``."""
 
 
 @dataclass(slots=True)
@@ -74,7 +82,8 @@ class Report:
     accepted_per_s: float
     latency_ms: dict[str, float]
     ceiling_rps: float | None = None
-    """The load generator's own request rate against a bare endpoint (GET /health)."""
+    """The load generator's own request rate against a bare endpoint (GET /health), with the
+    same workers on the same connections."""
     lost_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,6 +110,8 @@ class _Run:
         self.received: dict[int, float] = {}
         self.frames = 0
         self.out_of_order = 0
+        self.unreceived = 0
+        """Accepted and not yet received; kept as a count so the drain check costs nothing per frame."""
         self.all_received = asyncio.Event()
         self.publishing_done = False
         self._next = 0
@@ -114,6 +125,31 @@ class _Run:
         self._next += len(seqs)
         return seqs
 
+    async def next_request(self, start: float, deadline: float | None) -> list[int]:
+        """Claim the sequence numbers of one request and wait for its turn under ``spec.rate``;
+        [] when the messages or the duration have run out.
+
+        The slot is claimed before the wait, so each worker waits for a different instant and
+        the requests go out evenly spaced, not in bursts of every idle worker at once."""
+        if deadline is not None and time.perf_counter() >= deadline:
+            return []
+        seqs = self._take(self.spec.batch)
+        if seqs and self.spec.rate:
+            due = start + seqs[0] / self.spec.rate
+            if deadline is not None and due >= deadline:
+                return []
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        return seqs
+
+    def stamp(self, seqs: list[int]) -> None:
+        """Note the send time of these messages: call it just before the request is written."""
+        now = time.perf_counter()
+        for s in seqs:
+            self.sent_at[s] = now
+        self.progress.sent += len(seqs)
+
     def message(self, seq: int) -> dict[str, Any]:
         return {"type": "loadtest", "content": {"seq": seq, "pad": self.payload_pad}, "headers": {"run": self.run_id}}
 
@@ -123,77 +159,102 @@ class _Run:
         if seq not in self.received:
             self.received[seq] = now
             self.progress.received = len(self.received)
+            if seq in self.accepted:
+                self.unreceived -= 1
         if last_seen and seq < last_seen[0]:
             self.out_of_order += 1
         last_seen[:] = [seq]
-        if self.publishing_done and self.accepted <= self.received.keys():
+        if self.publishing_done and not self.unreceived:
             self.all_received.set()
 
     def record(self, seqs: list[int], error: str | None) -> None:
         if error is None:
-            self.accepted.update(seqs)
+            for s in seqs:
+                self.accepted.add(s)
+                if s not in self.received:
+                    self.unreceived += 1
             self.progress.accepted += len(seqs)
         else:
             self.errors[error] += len(seqs)
 
-    async def pace(self, start: float, deadline: float | None) -> bool:
-        """Wait for the rate limit; False when the run's duration is over."""
-        now = time.perf_counter()
-        if deadline is not None and now >= deadline:
-            return False
-        if self.spec.rate:
-            due = start + self._next / self.spec.rate
-            if due > now:
-                await asyncio.sleep(due - now)
-        return True
-
 
 Send = Callable[[list[int]], Awaitable[str | None]]
-"""Publish the messages of these sequence numbers; return None, or the error's name."""
+"""Publish the messages of these sequence numbers (``stamp`` them just before); return None,
+or the error's kind."""
 
 
-async def _drive(run: _Run, start: float, deadline: float | None, send: Send) -> None:
-    """Run ``spec.workers`` concurrent publishers until the messages or the duration run out."""
+async def _drive(run: _Run, start: float, deadline: float | None, senders: list[Send]) -> None:
+    """Run one publisher per sender until the messages or the duration run out."""
 
-    async def worker() -> None:
-        while await run.pace(start, deadline):
-            seqs = run._take(run.spec.batch)
-            if not seqs:
-                return
-            now = time.perf_counter()
-            for s in seqs:
-                run.sent_at[s] = now
-            run.progress.sent += len(seqs)
+    async def worker(send: Send) -> None:
+        while seqs := await run.next_request(start, deadline):
             run.record(seqs, await send(seqs))
 
-    await asyncio.gather(*(worker() for _ in range(run.spec.workers)))
+    await asyncio.gather(*(worker(send) for send in senders))
 
 
-async def _publish_http(run: _Run, start: float, deadline: float | None) -> None:
-    """Publish through Service A, on keep-alive connections (one per worker)."""
+def _error_kind(exc: OSError) -> str:
+    """How a request failed, for the report's errors (beside the HTTP statuses)."""
+    if isinstance(exc, TimeoutError):
+        return "timeout"
+    if isinstance(exc, ConnectionResetError):
+        return "dropped"
+    if isinstance(exc, ConnectionAbortedError):
+        return "not-http"
+    return type(exc).__name__  # could not connect: ConnectionRefusedError, gaierror, SSLCertVerificationError...
+
+
+async def _connect(spec: LoadSpec) -> list[HttpConnection]:
+    """One open keep-alive connection to Service A per worker, sharing one SSL context."""
+    origin = Origin.parse(spec.a_url)
+    context = origin.ssl_context()
+    headers = {"User-Agent": "mqctl-loadtest"}
+    if spec.token:
+        headers["Authorization"] = f"Bearer {spec.token}"
+    connections = [
+        HttpConnection(origin, headers=headers, ssl_context=context, timeout_s=spec.request_timeout_s)
+        for _ in range(spec.workers)
+    ]
+    try:
+        await asyncio.gather(*(c.open() for c in connections))
+    except OSError as exc:
+        await asyncio.gather(*(c.aclose() for c in connections))
+        raise BrokerUnavailable(
+            f"Cannot connect to Service A at {spec.a_url!r}: {exc}; start it (mqctl up) or pass --a-url."
+        ) from exc
+    return connections
+
+
+async def _publish_http(run: _Run, connections: list[HttpConnection], start: float, deadline: float | None) -> None:
+    """Publish through Service A, each worker on its own keep-alive connection."""
     spec = run.spec
-    headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else {}
-    headers["content-type"] = "application/json"
-    limits = httpx.Limits(max_connections=spec.workers, max_keepalive_connections=spec.workers)
-    async with httpx.AsyncClient(base_url=spec.a_url, headers=headers, limits=limits, timeout=30) as client:
+    path = "/messages/batch" if spec.batch > 1 else "/messages"
 
+    def sender(connection: HttpConnection) -> Send:
         async def send(seqs: list[int]) -> str | None:
             if spec.batch > 1:
                 body: Any = {"topic": run.topic, "messages": [run.message(s) for s in seqs]}
-                path = "/messages/batch"
             else:
                 body = {"topic": run.topic, **run.message(seqs[0])}
-                path = "/messages"
+            data = orjson.dumps(body)
+            run.stamp(seqs)
             try:
-                response = await client.post(path, content=orjson.dumps(body))
-            except httpx.HTTPError as exc:
-                return type(exc).__name__
-            return None if response.status_code < 300 else str(response.status_code)
+                response = await connection.request("POST", path, data, content_type="application/json")
+            except OSError as exc:  # the connection is closed; the next request opens another
+                return _error_kind(exc)
+            return None if response.status < 300 else str(response.status)
 
-        await _drive(run, start, deadline, send)
+        return send
+
+    await _drive(run, start, deadline, [sender(c) for c in connections])
+
+
+ACK_CHUNK = 1000
+"""Ids per ack frame at most; Service B closes on a frame over 64 KiB."""
 
 
 async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) -> None:
+    """Receive on Service B and acknowledge: every frame read in one go is acked in one frame."""
     from websockets.asyncio.client import connect
 
     spec = run.spec
@@ -204,37 +265,60 @@ async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) ->
         query += f"&token={spec.token}"
     headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else None
     async with connect(f"{spec.b_url}?{query}", additional_headers=headers, max_size=2**24) as ws:
-        last_seen: list[int] = []
-        subscribed = False
-        async for raw in ws:
-            frame = orjson.loads(raw)
-            if "id" not in frame:
-                if frame.get("event") == "subscribed" and not subscribed:
-                    subscribed = True
-                    ready_count[0] += 1
-                    if ready_count[0] >= spec.listeners:
-                        ready.set()
-                continue
-            await ws.send(orjson.dumps({"ack": frame["id"]}).decode())
-            content = frame.get("content")
-            if isinstance(content, dict) and isinstance(content.get("seq"), int):
-                run.on_frame(content["seq"], last_seen)
+        unacked: list[str] = []
+        wake = asyncio.Event()
+
+        async def acknowledge() -> None:
+            # runs whenever the reader has drained what arrived, so the acks of a burst go together
+            while True:
+                await wake.wait()
+                wake.clear()
+                while unacked:
+                    ids = unacked[:ACK_CHUNK]
+                    del unacked[:ACK_CHUNK]
+                    await ws.send(orjson.dumps({"ack": ids}).decode())
+
+        acker = asyncio.create_task(acknowledge())
+        try:
+            last_seen: list[int] = []
+            subscribed = False
+            async for raw in ws:
+                frame = orjson.loads(raw)
+                if "id" not in frame:
+                    if frame.get("event") == "subscribed" and not subscribed:
+                        subscribed = True
+                        ready_count[0] += 1
+                        if ready_count[0] >= spec.listeners:
+                            ready.set()
+                    continue
+                unacked.append(frame["id"])
+                wake.set()
+                content = frame.get("content")
+                if isinstance(content, dict) and isinstance(content.get("seq"), int):
+                    run.on_frame(content["seq"], last_seen)
+                if acker.done():
+                    acker.result()  # raises why acknowledging stopped
+        finally:
+            acker.cancel()
+            await asyncio.gather(acker, return_exceptions=True)
 
 
 async def _publish_direct(run: _Run, broker: Any, start: float, deadline: float | None) -> None:
     """Publish through the library against ``direct_url`` (no services)."""
 
     async def send(seqs: list[int]) -> str | None:
+        messages = [run.message(s) for s in seqs]
+        run.stamp(seqs)
         try:
             if len(seqs) > 1:
-                await broker.publish_many(run.topic, [run.message(s) for s in seqs])
+                await broker.publish_many(run.topic, messages)
             else:
-                await broker.publish(run.topic, run.message(seqs[0]))
+                await broker.publish(run.topic, messages[0])
         except MQError as exc:
             return type(exc).__name__
         return None
 
-    await _drive(run, start, deadline, send)
+    await _drive(run, start, deadline, [send] * run.spec.workers)
 
 
 async def _consume_direct(run: _Run, broker: Any, ready: asyncio.Event) -> None:
@@ -248,22 +332,30 @@ async def _consume_direct(run: _Run, broker: Any, ready: asyncio.Event) -> None:
                 run.on_frame(content["seq"], last_seen)
 
 
-async def _ceiling(spec: LoadSpec) -> float:
-    """Requests per second this generator reaches against Service A's bare GET /health."""
-    limits = httpx.Limits(max_connections=spec.workers, max_keepalive_connections=spec.workers)
+CEILING_WINDOW_S = 1.5
+
+
+async def _ceiling(spec: LoadSpec, connections: list[HttpConnection]) -> float:
+    """Requests per second the publishers' own connections reach against Service A's GET /health,
+    which does no work: the most this generator could offer."""
     done = 0
-    async with httpx.AsyncClient(base_url=spec.a_url, limits=limits, timeout=10) as client:
-        end = time.perf_counter() + 1.5
+    end = time.perf_counter() + CEILING_WINDOW_S
 
-        async def worker() -> None:
-            nonlocal done
-            while time.perf_counter() < end:
-                await client.get("/health")
-                done += 1
+    async def worker(connection: HttpConnection) -> None:
+        nonlocal done
+        while time.perf_counter() < end:
+            await connection.request("GET", "/health")
+            done += 1
 
-        begin = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(spec.workers)))
-        return done / (time.perf_counter() - begin)
+    begin = time.perf_counter()
+    try:
+        await asyncio.gather(*(worker(c) for c in connections))
+    except OSError as exc:
+        raise BrokerUnavailable(
+            f"Service A at {spec.a_url!r} failed a GET /health while the load generator measured its ceiling: "
+            f"{exc or type(exc).__name__}."
+        ) from exc
+    return done / (time.perf_counter() - begin)
 
 
 async def run(spec: LoadSpec, on_progress: Callable[[Progress], Awaitable[None] | None] | None = None) -> Report:
@@ -271,12 +363,16 @@ async def run(spec: LoadSpec, on_progress: Callable[[Progress], Awaitable[None] 
     if spec.messages is None and spec.duration_s is None:
         raise ValueError("LoadSpec needs messages or duration_s.")
     r = _Run(spec)
-    ceiling = await _ceiling(spec) if spec.measure_ceiling and spec.direct_url is None else None
     ready = asyncio.Event()
     tasks: list[asyncio.Task[Any]] = []
+    connections: list[HttpConnection] = []
     broker = None
+    ceiling = None
     try:
         if spec.direct_url is None:
+            connections = await _connect(spec)
+            if spec.measure_ceiling:
+                ceiling = await _ceiling(spec, connections)
             count = [0]
             tasks = [asyncio.create_task(_listen_ws(r, ready, count)) for _ in range(spec.listeners)]
         else:
@@ -289,14 +385,14 @@ async def run(spec: LoadSpec, on_progress: Callable[[Progress], Awaitable[None] 
         start = time.perf_counter()
         deadline = start + spec.duration_s if spec.duration_s else None
         if broker is None:
-            publishing = asyncio.create_task(_publish_http(r, start, deadline))
+            publishing = asyncio.create_task(_publish_http(r, connections, start, deadline))
         else:
             publishing = asyncio.create_task(_publish_direct(r, broker, start, deadline))
         ticker = asyncio.create_task(_tick(r, start, on_progress))
         await publishing
         publish_s = time.perf_counter() - start
         r.publishing_done = True
-        if r.accepted <= r.received.keys():
+        if not r.unreceived:
             r.all_received.set()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(spec.drain_timeout_s):
@@ -312,6 +408,7 @@ async def run(spec: LoadSpec, on_progress: Callable[[Progress], Awaitable[None] 
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(c.aclose() for c in connections))
         if broker is not None:
             await broker.aclose()
     return _report(r, publish_s, total_s, ceiling)
