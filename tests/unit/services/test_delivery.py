@@ -300,6 +300,20 @@ def test_auto_ack_acknowledges_once_written(service: Service) -> None:
         assert receive(ws)["error"] == "unknown_id"
 
 
+def test_auto_acks_written_during_a_blocking_read_do_not_wait_for_it_to_end() -> None:
+    """The read that follows a delivery blocks for the poll interval; the frame's auto-ack leaves long before."""
+    settings = make_settings(poll_interval_s=5.0)
+    with TestClient(create_app(settings)) as client:
+        service = Service(client, client.app, settings)  # type: ignore[arg-type]
+        with service.connect("auto_ack=true") as ws:
+            subscribed(ws)
+            message_id = service.publish("job", 1)
+            assert receive(ws)["id"] == message_id
+            started = time.monotonic()
+            service.wait_until(lambda: service.stats().backlog == 0, timeout_s=2.0)
+            assert time.monotonic() - started < 2.0
+
+
 # -- broadcast mode ---------------------------------------------------------------
 
 

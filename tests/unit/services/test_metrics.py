@@ -22,7 +22,7 @@ with warnings.catch_warnings():
 import mqctl
 from mqctl.config import Settings
 from mqctl.services import delivery, ingest
-from mqctl.services.metrics import BrokerGauges
+from mqctl.services.metrics import BrokerGauges, DeliveryMetrics
 from tests.scrape import has, sample
 
 
@@ -197,3 +197,30 @@ def test_service_b_counts_a_delivery_an_ack_a_nack_and_a_dead_letter() -> None:
     assert sample(text, "mqctl_messages_redelivered_total", **labels) == 0
     assert sample(text, "mqctl_poll_cycle_seconds_count", mode="group") >= 1
     assert has(text, "mqctl_topic_length", topic="jobs")
+
+
+async def test_service_b_counts_are_kept_in_ints_and_folded_exactly_at_each_scrape() -> None:
+    """Connections with the same labels share one tally; each scrape adds what it counted since, once."""
+    metrics = DeliveryMetrics()
+    first = metrics.for_connection("jobs", "group", "workers")
+    assert metrics.for_connection("jobs", "group", "workers") is first  # a second connection, same labels
+    watcher = metrics.for_connection("jobs", "broadcast", None)
+    first.sent(1)
+    first.sent(2)
+    first.settled("ack", 3)
+    first.settled("nack")
+    watcher.sent(1)
+    labels = {"topic": "jobs", "group": "workers"}
+    for expected in (1, 2):  # the second scrape adds only what came after the first
+        text = (await metrics.exposition()).decode()
+        assert sample(text, "mqctl_messages_delivered_total", topic="jobs", mode="group") == 2 * expected
+        assert sample(text, "mqctl_messages_redelivered_total", **labels) == expected
+        assert sample(text, "mqctl_messages_acknowledged_total", **labels) == 3 * expected
+        assert sample(text, "mqctl_messages_nacked_total", **labels) == expected
+        assert sample(text, "mqctl_messages_delivered_total", topic="jobs", mode="broadcast") == expected
+        assert (first.delivered, first.acknowledged, watcher.delivered) == (0, 0, 0)
+        first.sent(1)
+        first.sent(2)
+        first.settled("ack", 3)
+        first.settled("nack")
+        watcher.sent(1)

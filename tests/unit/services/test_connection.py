@@ -1,0 +1,196 @@
+"""Service B's connection writer: bursts, when it wakes the pump, auto-acks and its frames."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+import pytest
+
+from mqctl.core.message import Message
+from mqctl.core.subscription import Delivery
+from mqctl.services.connection import Connection, ack_all, message_frame
+from mqctl.services.metrics import DeliveryMetrics
+
+
+@dataclass
+class FakeSocket:
+    """Records what the writer sends; ``gate`` holds every send while cleared; ``fail_at`` breaks one."""
+
+    sent: list[str] = field(default_factory=list)
+    gate: asyncio.Event = field(default_factory=asyncio.Event)
+    fail_at: int | None = None
+
+    def __post_init__(self) -> None:
+        self.gate.set()
+
+    async def send_text(self, text: str) -> None:
+        await self.gate.wait()
+        if self.fail_at is not None and len(self.sent) == self.fail_at:
+            raise ConnectionResetError("the client is gone")
+        self.sent.append(text)
+
+    async def receive(self) -> dict[str, Any]:
+        await asyncio.Event().wait()  # the client never sends anything
+        raise AssertionError("unreachable")
+
+
+@dataclass(eq=False)
+class FakeDelivery:
+    id: str
+    attempt: int = 1
+    acked: int = 0
+
+    def ack(self) -> Awaitable[None]:
+        async def done() -> None:
+            self.acked += 1
+
+        return done()
+
+
+def deliveries(n: int) -> list[Delivery]:
+    return [cast(Delivery, FakeDelivery(f"1-{i}")) for i in range(n)]
+
+
+def connection(socket: FakeSocket, *, capacity: int = 10, auto_ack: bool = True) -> Connection:
+    return Connection(
+        socket,  # type: ignore[arg-type]
+        topic="t",
+        mode="group",
+        group="g",
+        filter=None,
+        auto_ack=auto_ack,
+        capacity=capacity,
+    )
+
+
+async def nothing() -> None:
+    pass
+
+
+async def until(condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+async def test_writer_sends_what_waits_as_one_burst_and_hands_its_auto_acks_over_together() -> None:
+    """Frames queued meanwhile go out in one burst; their auto-acks reach the pump in one call, after the sends."""
+    socket = FakeSocket()
+    conn = connection(socket)
+    handed: list[tuple[int, list[str]]] = []
+    conn.hand_acks = lambda due: handed.append((len(socket.sent), [d.id for d in due]))
+    batch = deliveries(5)
+    for delivery in batch:
+        assert conn.push(f"frame {delivery.id}", delivery)
+    running = asyncio.create_task(conn.run(nothing))
+    await until(lambda: bool(handed))
+    assert socket.sent == [f"frame {d.id}" for d in batch]
+    assert handed == [(5, [d.id for d in batch])]  # one hand-over, once all five were written
+    assert conn.unacked == {}
+    conn.close(1000, "done")
+    await running
+
+
+async def test_writer_wakes_the_pump_only_when_a_full_outbox_gets_room() -> None:
+    """The pump is woken once when a full outbox is drained, not once per frame."""
+    socket = FakeSocket()
+    socket.gate.clear()
+    conn = connection(socket, capacity=3, auto_ack=False)
+    wakes: list[int] = []
+    conn.wake = lambda: wakes.append(conn.queued)
+    for i in range(3):
+        assert conn.push(f"a{i}")
+    assert not conn.has_room()
+    running = asyncio.create_task(conn.run(nothing))
+    await until(lambda: conn.queued == 0)
+    assert wakes == [0]  # the full outbox, taken as one burst
+    assert conn.push("b0") and conn.push("b1")  # not full: taking these wakes nobody
+    socket.gate.set()
+    await until(lambda: len(socket.sent) == 5)
+    assert wakes == [0]
+    conn.close(1000, "done")
+    await running
+
+
+async def test_acks_of_frames_written_before_the_socket_failed_are_still_handed_over() -> None:
+    """A socket that fails mid-burst: what was written is acked, the rest stays unacknowledged (redelivered)."""
+    socket = FakeSocket(fail_at=2)
+    conn = connection(socket)
+    handed: list[str] = []
+    conn.hand_acks = lambda due: handed.extend(d.id for d in due)
+    batch = deliveries(4)
+    for delivery in batch:
+        conn.push(f"frame {delivery.id}", delivery)
+    await conn.run(nothing)
+    assert conn.client_gone
+    assert handed == [batch[0].id, batch[1].id]
+    assert set(conn.unacked) == {batch[2].id, batch[3].id}
+
+
+async def test_without_a_pump_the_writer_acks_a_burst_itself_and_counts_it() -> None:
+    """A connection no pump takes acks for sends them itself, all asked for before any is awaited."""
+    metrics = DeliveryMetrics()
+    counters = metrics.for_connection("t", "group", "g")
+    socket = FakeSocket()
+    conn = Connection(
+        socket,  # type: ignore[arg-type]
+        topic="t",
+        mode="group",
+        group="g",
+        filter=None,
+        auto_ack=True,
+        capacity=10,
+        counters=counters,
+    )
+    batch = deliveries(3)
+    for delivery in batch:
+        conn.push("x", delivery)
+    running = asyncio.create_task(conn.run(nothing))
+    await until(lambda: counters.acknowledged == 3)
+    assert [cast(FakeDelivery, d).acked for d in batch] == [1, 1, 1]
+    assert counters.delivered == 3
+    conn.close(1000, "done")
+    await running
+
+
+async def test_ack_all_counts_what_is_taken_at_once_and_awaits_the_rest_together() -> None:
+    """ack_all: an ack already complete is counted at once; the others are awaited concurrently."""
+
+    class Queued(FakeDelivery):
+        def ack(self) -> Awaitable[None]:
+            self.acked += 1
+            return _Complete()
+
+    metrics = DeliveryMetrics()
+    counters = metrics.for_connection("t", "group", "g")
+    queued = cast(Delivery, Queued("1-0"))
+    sent = deliveries(2)
+    rest = ack_all([queued, *sent], counters)
+    assert counters.acknowledged == 1 and rest is not None
+    await rest
+    assert counters.acknowledged == 3
+    assert ack_all([queued], counters) is None
+
+
+class _Complete:
+    def __await__(self) -> Any:
+        return iter(())
+
+
+def test_message_frame_has_the_documented_fields_in_order() -> None:
+    """A message frame: id, type, content, headers, attempt, topic, as compact JSON."""
+    message = Message("job", {"n": 1, "é": "ü"}, {"h": "v"})
+    text = message_frame("1-0", message, attempt=2, topic="orders")
+    expected = '{"id":"1-0","type":"job","content":{"n":1,"é":"ü"},"headers":{"h":"v"},"attempt":2,"topic":"orders"}'
+    assert text == expected
+
+
+@pytest.mark.parametrize("content", [2**70, {"big": -(2**80)}])
+def test_message_frame_falls_back_to_the_standard_library_for_what_orjson_refuses(content: Any) -> None:
+    """Integers beyond 64 bits, which orjson does not encode, still make a frame."""
+    text = message_frame("1-0", Message("job", content), attempt=1, topic="t")
+    assert json.loads(text)["content"] == content
