@@ -9,6 +9,7 @@ that know that.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,9 +21,21 @@ MAX_TYPE_LENGTH = 256
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 try:  # orjson parses several times faster; the standard library is the fallback
-    from orjson import loads as _loads
+    from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover
-    _loads = json.loads
+    _fast_loads = json.loads
+
+# orjson reads an integer beyond 64 bits as a float, which changes the content. Such an integer
+# has at least 19 digits in a row; a payload with a run that long (rare) takes the exact parser.
+_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
+
+
+def _loads(data: bytes | str) -> Any:
+    long_digits = _LONG_DIGITS_BYTES if isinstance(data, bytes) else _LONG_DIGITS_STR
+    if long_digits.search(data) is None:  # type: ignore[arg-type]
+        return _fast_loads(data)
+    return json.loads(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +106,7 @@ def decode(data: bytes | str) -> Message:
     try:
         raw = _loads(data)
         kind, headers = raw["type"], raw.get("headers") or {}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InvalidMessage(f"Stored message is not in mqctl's format: {data[:80]!r}.") from exc
     if (
         type(kind) is not str

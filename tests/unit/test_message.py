@@ -33,6 +33,21 @@ def test_decode_inverts_encode(message: Message) -> None:
     assert decode(encode(message)) == message
 
 
+@pytest.mark.parametrize("content", [2**64, -(2**63) - 1, [1, {"n": 10**30}], "12345678901234567890"])
+def test_integers_beyond_64_bits_survive_decode(content: object) -> None:
+    """An integer too wide for orjson comes back as the same integer, not as a float."""
+    data = encode(Message("t", content))
+    assert decode(data).content == content
+    assert decode(data.decode()).content == content
+
+
+def test_deep_nesting_in_a_stored_message_is_invalid_not_a_crash() -> None:
+    """A stored payload nested deeper than the parser goes is reported as not mqctl's format."""
+    data = b'{"type":"t","n":12345678901234567890,"content":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(InvalidMessage):
+        decode(data)
+
+
 @given(messages)
 def test_encoding_is_compact_utf8_json(message: Message) -> None:
     """The wire form is one compact JSON object with type, content and headers."""
