@@ -204,6 +204,7 @@ class Connection:
         self._outbox: deque[_Frame] = deque()  # capacity bounds it (forced frames aside)
         self._idle: asyncio.Future[None] | None = None  # the writer waits on it while the outbox is empty
         self._drained = asyncio.Event()  # set when the outbox goes from full to having room
+        self._written: list[Delivery] = []  # auto-acked deliveries of this burst whose frame went to the socket
 
     # -- what the pumps use ---------------------------------------------------------
 
@@ -272,7 +273,11 @@ class Connection:
         self.ended.set()
 
     def take_unacked(self) -> list[Delivery]:
-        """Everything this client was given and did not acknowledge; the dict is emptied."""
+        """Everything this client was given and did not acknowledge; the dict is emptied.
+
+        Auto-acked frames of the burst being written that went to the socket are acked first
+        (the writer, cancelled mid-burst, may not have run again yet)."""
+        self._auto_ack(self._written)
         deliveries = list(self.unacked.values())
         self.unacked.clear()
         return deliveries
@@ -310,12 +315,11 @@ class Connection:
                     await self._idle
                     continue
                 burst = self._take()
-                written: list[Delivery] = []  # auto-acked deliveries whose frame went to the socket
+                written = self._written = []
                 try:
                     await self._write(burst, written)
                 finally:  # also when the socket fails or the task is cancelled mid-burst
-                    if written:
-                        self._auto_ack(written)
+                    self._auto_ack(written)
         except Exception as exc:  # the socket is gone
             log.debug("WebSocket writer of %r stopped: %r", self.topic, exc)
             self.client_gone = True
@@ -351,6 +355,8 @@ class Connection:
     def _auto_ack(self, written: list[Delivery]) -> None:
         """Acknowledge deliveries written to the socket that the client has not settled itself:
         through the pump (``hand_acks``) if it takes them, else at once."""
+        if not written:
+            return
         unacked = self.unacked
         due: list[Delivery] = []
         for delivery in written:

@@ -194,3 +194,32 @@ def test_message_frame_falls_back_to_the_standard_library_for_what_orjson_refuse
     """Integers beyond 64 bits, which orjson does not encode, still make a frame."""
     text = message_frame("1-0", Message("job", content), attempt=1, topic="t")
     assert json.loads(text)["content"] == content
+
+
+async def test_frames_written_before_the_connection_ends_mid_burst_are_acked_not_handed_back() -> None:
+    """Cancelled while a send waits: what went to the socket is acked, only the rest goes back to the group."""
+    socket = FakeSocket()
+    conn = connection(socket)
+    handed: list[str] = []
+    conn.hand_acks = lambda due: handed.extend(d.id for d in due)
+    batch = deliveries(4)
+    for delivery in batch:
+        conn.push(f"frame {delivery.id}", delivery)
+    sends = socket.send_text
+
+    async def stall_third(text: str) -> None:
+        if len(socket.sent) == 2:
+            socket.gate.clear()  # the client stops reading
+        await sends(text)
+
+    async def handler() -> list[Delivery]:
+        await conn.run(nothing)  # returns at once on close; the cancelled writer has not run again yet
+        return conn.take_unacked()  # as the hub does next, with no await in between
+
+    socket.send_text = stall_third  # type: ignore[method-assign]
+    running = asyncio.create_task(handler())
+    await until(lambda: len(socket.sent) == 2 and not socket.gate.is_set())
+    conn.close(4001, "too slow")
+    handed_back = await running
+    assert handed == [batch[0].id, batch[1].id]
+    assert [d.id for d in handed_back] == [batch[2].id, batch[3].id]
