@@ -9,7 +9,6 @@ that know that.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,21 +20,29 @@ MAX_TYPE_LENGTH = 256
 _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 try:  # orjson parses several times faster; the standard library is the fallback
-    from orjson import loads as _fast_loads
+    from orjson import loads as _loads
 except ImportError:  # pragma: no cover
-    _fast_loads = json.loads
+    _loads = json.loads
 
-# orjson reads an integer beyond 64 bits as a float, which changes the content. Such an integer
-# has at least 19 digits in a row; a payload with a run that long (rare) takes the exact parser.
-_LONG_DIGITS_BYTES = re.compile(rb"[0-9]{19}")
-_LONG_DIGITS_STR = re.compile(r"[0-9]{19}")
+INT_RANGE = (-(2**63), 2**64 - 1)
+"""Integers a message may carry. orjson, most JSON parsers outside Python, and Service B's
+clients read a wider one as a float (a changed value), so ``encode`` refuses it instead."""
+
+# Every digit to "0", everything else to " ": an integer too wide has 19 digits in a row.
+_DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+_NINETEEN = b"0" * 19
 
 
-def _loads(data: bytes | str) -> Any:
-    long_digits = _LONG_DIGITS_BYTES if isinstance(data, bytes) else _LONG_DIGITS_STR
-    if long_digits.search(data) is None:  # type: ignore[arg-type]
-        return _fast_loads(data)
-    return json.loads(data)
+def _wide_integer(value: Any) -> int | None:
+    """The first integer outside ``INT_RANGE`` in a JSON value, if any."""
+    if type(value) is int:
+        return value if not INT_RANGE[0] <= value <= INT_RANGE[1] else None
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
+    for child in children:
+        found = _wide_integer(child)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,9 +103,17 @@ def encode(message: Message) -> bytes:
     except (TypeError, ValueError) as exc:
         raise InvalidMessage(f"Message content is not JSON: {exc}.") from exc
     try:
-        return text.encode()
+        data = text.encode()
     except UnicodeEncodeError as exc:  # lone surrogates
         raise InvalidMessage(f"Message is not valid Unicode: {exc.reason}.") from exc
+    if _NINETEEN in data.translate(_DIGITS):  # a rare payload: look closer
+        wide = _wide_integer(message.content)
+        if wide is not None:
+            raise InvalidMessage(
+                f"Message content holds the integer {wide}, outside the 64-bit range "
+                f"{INT_RANGE[0]}..{INT_RANGE[1]} that JSON parsers keep exact; send it as a string."
+            )
+    return data
 
 
 def decode(data: bytes | str) -> Message:
@@ -106,7 +121,7 @@ def decode(data: bytes | str) -> Message:
     try:
         raw = _loads(data)
         kind, headers = raw["type"], raw.get("headers") or {}
-    except (ValueError, KeyError, TypeError, RecursionError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise InvalidMessage(f"Stored message is not in mqctl's format: {data[:80]!r}.") from exc
     if (
         type(kind) is not str
