@@ -37,10 +37,7 @@ class Coalescer(Generic[Item, Result]):
         """Send ``item`` in the next batch and return its own result (or raise its own error).
 
         Cancelled while ``item`` still waits for its batch, it is taken out and never sent."""
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append((item, future))
-        if self._drainer is None:
-            self._drainer = asyncio.create_task(self._drain())
+        future = self.submit_nowait(item)
         try:
             return await future
         except asyncio.CancelledError:
@@ -51,6 +48,17 @@ class Coalescer(Generic[Item, Result]):
                     del self._queue[index]
                     break
             raise
+
+    def submit_nowait(self, item: Item) -> asyncio.Future[Result]:
+        """Queue ``item`` for the next batch now and return the future of its result.
+
+        For a caller that queues many items before awaiting any (no task per item). Cancel
+        the future before its batch leaves and the item is not sent."""
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._drainer is None:
+            self._drainer = asyncio.create_task(self._drain())
+        return future
 
     async def _drain(self) -> None:
         try:

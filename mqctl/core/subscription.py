@@ -289,7 +289,7 @@ class Subscription(_Reader):
         if self._closed or self._fetch is not None:
             # No read is coming soon to carry the ack: send it now, with any others that come
             # before the XACK in flight returns.
-            return self._late_acks.submit(entry_id)
+            return self._late_acks.submit_nowait(entry_id)
         self._acks.append(entry_id)
         if len(self._acks) >= 10 * self.batch:  # normally they ride with the next read
             return self._flush_acks()

@@ -117,12 +117,12 @@ def _nothing() -> None:
     pass
 
 
-def ack_all(deliveries: list[Delivery], counters: ConnectionCounters | None) -> Awaitable[None] | None:
+def ack_all(deliveries: list[Delivery], counters: ConnectionCounters | None) -> Awaitable[list[Delivery]] | None:
     """Ask for the ack of every delivery before awaiting any; None if all were taken at once.
 
     An ack the subscription takes at once (to ride with its next read: the common case) is
     counted here. Those it must send now (a read is in flight) come back as one awaitable
-    that awaits them together, so they can share one XACK."""
+    that awaits them together, so they can share one XACK; it returns those that failed."""
     sending: list[tuple[Delivery, Awaitable[None]]] = []
     for delivery in deliveries:
         done = delivery.ack()
@@ -133,21 +133,26 @@ def ack_all(deliveries: list[Delivery], counters: ConnectionCounters | None) -> 
     return _send_acks(sending, counters) if sending else None
 
 
-async def _send_acks(sending: list[tuple[Delivery, Awaitable[None]]], counters: ConnectionCounters | None) -> None:
+async def _send_acks(
+    sending: list[tuple[Delivery, Awaitable[None]]], counters: ConnectionCounters | None
+) -> list[Delivery]:
     results = await asyncio.gather(*(done for _, done in sending), return_exceptions=True)
+    failed = []
     for (delivery, _), result in zip(sending, results, strict=True):
         if isinstance(result, Exception):
             _settle_failed("acknowledge", delivery, result)
+            failed.append(delivery)
         elif isinstance(result, BaseException):
             log.debug("The ack of %s was cancelled; the ack timeout redelivers it", delivery.id)
         elif counters is not None:
             counters.settled("ack")
+    return failed
 
 
-_detached: set[asyncio.Future[None]] = set()  # the loop keeps only weak references to tasks
+_detached: set[asyncio.Future[object]] = set()  # the loop keeps only weak references to tasks
 
 
-def run_detached(work: Awaitable[None]) -> None:
+def run_detached(work: Awaitable[object]) -> None:
     """Run ``work`` in a task of its own that does not end with the connection (acks of frames sent)."""
     task = asyncio.ensure_future(work)
     _detached.add(task)
@@ -425,19 +430,23 @@ class Connection:
             return  # broadcast deliveries need no acknowledgement
         unknown = []
         failed = []
+        settling = []
         for entry_id in ids:
             delivery = self.unacked.pop(entry_id, None)
             if delivery is None:
                 unknown.append(entry_id)
             elif verb == "ack":
-                if not await settle(delivery.ack, "acknowledge", delivery):
-                    failed.append(entry_id)
-                elif self._counters is not None:
-                    self._counters.settled("ack")
+                settling.append(delivery)
             elif not await settle(delivery.nack, "nack", delivery):
                 failed.append(entry_id)
             elif self._counters is not None:
                 self._counters.settled("nack")
+        if settling:
+            # Every ack is queued before any is awaited, and the reader does not wait for them:
+            # acks from this frame and the next ones share XACKs (the subscription's coalescer).
+            sending = ack_all(settling, self._counters)
+            if sending is not None:
+                run_detached(self._report_failed_acks(sending))
         self.wake()
         if unknown:
             more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
@@ -447,10 +456,17 @@ class Connection:
                 "already, never sent here, or redelivered elsewhere after the ack timeout.",
             )
         if failed:
-            self._error(
-                "ack_failed",
-                f"The broker did not take the {verb} of {failed[0]!r}; the message will be redelivered.",
-            )
+            self._settle_failed_error("nack", failed[0])
+
+    async def _report_failed_acks(self, sending: Awaitable[list[Delivery]]) -> None:
+        failed = await sending
+        if failed:
+            self._settle_failed_error("ack", failed[0].id)
+
+    def _settle_failed_error(self, verb: str, entry_id: str) -> None:
+        self._error(
+            "ack_failed", f"The broker did not take the {verb} of {entry_id!r}; the message will be redelivered."
+        )
 
 
 def _size(text: str | None, data: bytes | None) -> int:

@@ -192,7 +192,7 @@ class GroupPump(_Pump):
         if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._send_due)
 
-    def _hand_due(self) -> Awaitable[None] | None:
+    def _hand_due(self) -> Awaitable[object] | None:
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None

@@ -216,3 +216,15 @@ async def test_a_submit_cancelled_just_before_its_batch_forms_is_never_sent() ->
     with pytest.raises(asyncio.CancelledError):
         await cancelled
     assert send.batches == [[2]]
+
+
+async def test_submit_nowait_queues_at_once_and_a_cancelled_future_is_left_out() -> None:
+    """Items queued with submit_nowait share one send; one whose future is cancelled first is not sent."""
+    send = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(send)
+    futures = [coalescer.submit_nowait(i) for i in (1, 2, 3)]
+    futures[1].cancel()
+
+    assert await futures[0] == 10
+    assert await futures[2] == 30
+    assert send.batches == [[1, 3]]

@@ -223,3 +223,55 @@ async def test_frames_written_before_the_connection_ends_mid_burst_are_acked_not
     handed_back = await running
     assert handed == [batch[0].id, batch[1].id]
     assert [d.id for d in handed_back] == [batch[2].id, batch[3].id]
+
+
+class HeldAck(FakeDelivery):
+    """An ack the subscription must send: its future completes when the test says so."""
+
+    def __init__(self, id: str) -> None:
+        super().__init__(id)
+        self.topic, self.group = "t", "g"  # named in the log line of a failed ack
+        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def ack(self) -> Awaitable[None]:
+        self.acked += 1
+        return self.future
+
+
+def holding(conn: Connection, *ids: str) -> list[HeldAck]:
+    held = [HeldAck(i) for i in ids]
+    conn.unacked.update({d.id: cast(Delivery, d) for d in held})
+    return held
+
+
+async def test_client_acks_are_all_asked_for_before_any_is_awaited_and_do_not_hold_the_reader() -> None:
+    """Acks from one frame and the next are all queued at once, so they can share an XACK, while
+    the reader goes on to the next frame; each is counted once its broker answer comes."""
+    metrics = DeliveryMetrics()
+    conn = connection(FakeSocket())
+    conn._counters = metrics.for_connection("t", "group", "g")
+    first, second, third = holding(conn, "1-0", "1-1", "1-2")
+
+    async with asyncio.timeout(1):  # would hang if the reader awaited the held acks
+        await conn._handle(json.dumps({"ack": ["1-0", "1-1"]}))
+        await conn._handle(json.dumps({"ack": "1-2"}))
+    assert [d.acked for d in (first, second, third)] == [1, 1, 1]
+    assert conn.unacked == {} and conn._counters.acknowledged == 0
+
+    for held in (first, second, third):
+        held.future.set_result(None)
+    await until(lambda: conn._counters is not None and conn._counters.acknowledged == 3)
+    assert conn.queued == 0  # no error frame
+
+
+async def test_a_client_ack_the_broker_refuses_is_reported_as_ack_failed() -> None:
+    """When the broker does not take an ack, the client gets an ack_failed frame naming the id."""
+    conn = connection(FakeSocket())
+    (held,) = holding(conn, "1-7")
+
+    await conn._handle(json.dumps({"ack": "1-7"}))
+    held.future.set_exception(ConnectionError("the broker is gone"))
+
+    await until(lambda: conn.queued == 1)
+    frame = json.loads(conn._outbox[0].text)
+    assert frame["error"] == "ack_failed" and "'1-7'" in frame["detail"]
