@@ -8,8 +8,10 @@ stopped, by PID) by this script:
 
 Both write the same frame: Service B's message frame for the same 100-byte message
 (``{"id","type","content","headers","attempt","topic"}``, about 150 bytes). The clients are
-``websockets`` connections in this process, with its defaults (so permessage-deflate is
-negotiated with both servers alike); they count frames and parse none but the last.
+``websockets`` connections in this process, with its defaults; both servers refuse
+permessage-deflate (Service B always does; bare is started with uvicorn's
+``--ws-per-message-deflate false``), so neither side compresses. They count frames and parse
+none but the last.
 
     single      one client. Ours: group mode (the default group), ``auto_ack=true``, over a
                 topic that holds the N messages before the client connects (pre-filled with
@@ -223,7 +225,8 @@ async def run(
             "uvloop (policy installed by the benchmark)" if uvloop else "as mqctl serve-b starts it"
         )
         bare_port, ours_port = free_port(), free_port()
-        bare = Server("bare", uvicorn_argv("bare_delivery:app", bare_port), bare_port)
+        no_deflate = ("--ws-per-message-deflate", "false")  # as Service B
+        bare = Server("bare", uvicorn_argv("bare_delivery:app", bare_port, *no_deflate), bare_port)
         ours = Server(
             "ours",
             mqctl_argv(

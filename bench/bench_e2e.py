@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
             ),
             "bare": Server(
                 "bare",
-                uvicorn_argv("bare_pipeline:app", bare_port),
+                uvicorn_argv("bare_pipeline:app", bare_port, "--ws-per-message-deflate", "false"),  # as Service B
                 bare_port,
                 env={"BENCH_REDIS_URL": private.url},
             ),

@@ -164,8 +164,9 @@ class Server:
             os.unlink(self.log_path)
 
 
-def uvicorn_argv(app: str, port: int) -> list[str]:
-    """A single uvicorn process serving the factory ``module:function`` from bench/, access log off."""
+def uvicorn_argv(app: str, port: int, *extra: str) -> list[str]:
+    """A single uvicorn process serving the factory ``module:function`` from bench/, access log off;
+    ``extra`` goes to uvicorn's command line."""
     return [
         sys.executable,
         "-m",
@@ -181,6 +182,7 @@ def uvicorn_argv(app: str, port: int) -> list[str]:
         "--no-access-log",
         "--log-level",
         "warning",
+        *extra,
     ]
 
 
