@@ -256,6 +256,7 @@ ACK_CHUNK = 1000
 async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) -> None:
     """Receive on Service B and acknowledge: every frame read in one go is acked in one frame."""
     from websockets.asyncio.client import connect
+    from websockets.exceptions import InvalidHandshake, InvalidURI
 
     spec = run.spec
     query = f"topic={run.topic}&header=run:{run.run_id}"
@@ -264,7 +265,14 @@ async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) ->
     if spec.token:
         query += f"&token={spec.token}"
     headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else None
-    async with connect(f"{spec.b_url}?{query}", additional_headers=headers, max_size=2**24) as ws:
+    try:
+        ws = await connect(f"{spec.b_url}?{query}", additional_headers=headers, max_size=2**24)
+    except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
+        raise BrokerUnavailable(
+            f"Cannot listen on Service B at {spec.b_url!r}: {exc}. Start it (mqctl up) or pass --b-url "
+            "(the WebSocket endpoint, e.g. ws://127.0.0.1:8003/ws)."
+        ) from exc
+    async with ws:
         unacked: list[str] = []
         wake = asyncio.Event()
 

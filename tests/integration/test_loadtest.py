@@ -74,6 +74,26 @@ def test_loadtest_reports_loss_and_fails(system: tuple[Service, Service]) -> Non
     assert "not delivered" in result.stderr
 
 
+@pytest.mark.parametrize("b_path", ["", "/ws-gone"])
+def test_a_service_b_url_that_refuses_the_listener_is_one_clear_error(
+    system: tuple[Service, Service], b_path: str
+) -> None:
+    """A B URL without the WebSocket path (403) or with a wrong one ends the run with one error
+    line naming the URL and exit 1, not a traceback."""
+    a, b = system
+    origin = b.ws.rsplit("/", 1)[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "mqctl", "loadtest", "--a-url", a.http, "--b-url", origin + b_path, "--messages", "10"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert f"Cannot listen on Service B at '{origin + b_path}'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
 def test_loadtest_direct_against_the_library(redis_server: RedisServer) -> None:
     """--direct drives the library against a broker with no services, and loses nothing."""
     result = subprocess.run(
