@@ -26,6 +26,8 @@ from mqctl.core.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError,
 
 log = logging.getLogger(__name__)
 
+_ZERO, _ONE = b"0", b"1"
+
 
 def redact(url: str) -> str:
     """``url`` with its password replaced, for messages and logs."""
@@ -128,15 +130,17 @@ class RedisBackend:
             limits.default_group or "",
             len(units),
         ]
+        # Bytes, not ints: redis-py passes bytes through but formats every int in Python.
+        append = args.append
         for unit in units:
-            args.append(len(unit))
+            append(_ONE if len(unit) == 1 else b"%d" % len(unit))
             for message in unit:
                 if message.idempotency_key is None:
-                    args.append(0)
+                    append(_ZERO)
                 else:
                     keys.append(self.keys.idempotency(topic, message.idempotency_key))
-                    args.append(len(keys))
-                args.append(message.payload)
+                    append(len(keys))
+                append(message.payload)
         async with self._errors():
             if topic not in self._registered:
                 await self.client.sadd(self.keys.topics(), topic)
@@ -150,7 +154,7 @@ class RedisBackend:
             if item and item[0] == b"FULL":
                 results.append(QueueFull(topic, int(item[1]), limits.max_backlog or 0))
             else:
-                results.append([_text(i) for i in item])
+                results.append([i.decode() if type(i) is bytes else i for i in item])
         return results
 
     async def _add_replicated(self, keys: list[str], args: list[Any]) -> Any:

@@ -25,7 +25,7 @@ from mqctl.core.errors import (
     QueueFull,
 )
 from mqctl.core.filters import Predicate
-from mqctl.core.message import Message, as_message, encode
+from mqctl.core.message import Message, encode_any
 from mqctl.core.names import check_name
 from mqctl.core.partitions import Partitioned, check_partitions, join_id, pick, split_id, stream_name
 from mqctl.core.retry import RetryPolicy, retry_call
@@ -159,13 +159,13 @@ class Broker:
     async def _submitted(self, coalescer: Coalescer[list[Outgoing], list[str]], unit: list[Outgoing]) -> list[str]:
         """``coalescer.submit(unit)`` within ``publish_timeout_s`` in all: the wait for an earlier
         batch in flight counts too, or a publish could take twice its deadline when the broker hangs."""
-        deadline_s = self.options.publish_timeout_s
         try:
-            async with asyncio.timeout(deadline_s):
-                return await coalescer.submit(unit)
+            # The coalescer keeps the deadline: one timer for all waiting publishes, not one each.
+            return await coalescer.submit(unit)
         except TimeoutError as exc:
             if isinstance(exc, PublishTimeout):
                 raise
+            deadline_s = self.options.publish_timeout_s
             raise PublishTimeout(
                 f"The broker did not answer within {deadline_s:g} s; it may be overloaded or unreachable. "
                 "The message may or may not be stored (use an idempotency key to retry safely)."
@@ -200,7 +200,7 @@ class Broker:
         return n
 
     def _outgoing(self, message: Message | Mapping[str, Any], key: str | None) -> Outgoing:
-        payload = encode(as_message(message))
+        payload = encode_any(message)
         if len(payload) > self.options.max_message_bytes:
             raise MessageTooLarge(len(payload), self.options.max_message_bytes)
         return Outgoing(payload, key)
@@ -218,7 +218,9 @@ class Broker:
                     return results
                 return [QueueFull(topic, r.backlog, r.max_backlog) if isinstance(r, QueueFull) else r for r in results]
 
-            coalescer = self._coalescers[stream] = Coalescer(send, max_batch=self.options.max_batch)
+            coalescer = self._coalescers[stream] = Coalescer(
+                send, max_batch=self.options.max_batch, timeout_s=self.options.publish_timeout_s
+            )
         return coalescer
 
     async def _add(self, topic: str, units: Sequence[Sequence[Outgoing]]) -> list[list[str] | QueueFull]:

@@ -228,3 +228,32 @@ async def test_submit_nowait_queues_at_once_and_a_cancelled_future_is_left_out()
     assert await futures[0] == 10
     assert await futures[2] == 30
     assert send.batches == [[1, 3]]
+
+
+async def test_timeout_fails_the_sent_item_and_takes_the_waiting_one_out() -> None:
+    """Past timeout_s the batch in flight fails with TimeoutError, and items still queued are never sent."""
+    gate = asyncio.Event()
+    send = Recorder(gate=gate)
+    coalescer: Coalescer[int, int] = Coalescer(send, timeout_s=0.01)
+    sent = asyncio.create_task(coalescer.submit(1))
+    await send.in_flight.wait()
+    waiting = asyncio.create_task(coalescer.submit(2))
+
+    with pytest.raises(TimeoutError):
+        await sent
+    with pytest.raises(TimeoutError):
+        await waiting
+    assert coalescer.waiting == 0
+    gate.set()
+    assert await coalescer.submit(3) == 30
+    assert send.batches == [[1], [3]]
+
+
+async def test_timeout_spares_items_answered_in_time() -> None:
+    """Items answered before their deadline keep their results, and later ones get their own deadline."""
+    send = Recorder()
+    coalescer: Coalescer[int, int] = Coalescer(send, timeout_s=0.05)
+
+    assert await asyncio.gather(*(coalescer.submit(i) for i in range(1, 4))) == [10, 20, 30]
+    await asyncio.sleep(0.06)
+    assert await coalescer.submit(4) == 40

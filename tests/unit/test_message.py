@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqctl import InvalidMessage, Message
-from mqctl.core.message import INT_RANGE, MAX_TYPE_LENGTH, as_message, decode, encode
+from mqctl.core.message import INT_RANGE, MAX_TYPE_LENGTH, as_message, decode, encode, encode_any
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(*INT_RANGE) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
@@ -177,3 +177,45 @@ def test_as_message_refuses_what_is_not_a_message(value: Any, words: str) -> Non
         as_message(value)
 
     assert words in str(caught.value)
+
+
+@given(json_values, st.none() | st.dictionaries(st.text(), st.text(), max_size=3))
+def test_encode_any_of_a_dict_is_encode_of_its_message(content: Any, headers: dict[str, str] | None) -> None:
+    """The shortcut for plain dicts writes exactly what encode(as_message(...)) writes."""
+    value = {"type": "t", "content": content, "headers": headers}
+    assert encode_any(value) == encode(as_message(value))
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        {"type": ""},
+        {"type": " "},
+        {"type": 1},
+        {"type": "x" * (MAX_TYPE_LENGTH + 1)},
+        {"type": "t", "headers": {"a": 1}},
+        {"type": "t", "headers": []},
+        {"type": "t", "extra": 1},
+        {"content": 1},
+        {"type": "t", "content": float("nan")},
+        {"type": "t", "content": [2**64]},
+        {"type": "t", "content": "\ud800"},
+    ],
+)
+def test_encode_any_refuses_what_as_message_or_encode_refuses(value: dict[str, Any]) -> None:
+    """Every dict the full checks refuse, the shortcut refuses with the same message."""
+    with pytest.raises(InvalidMessage) as expected:
+        encode(as_message(value))
+    with pytest.raises(InvalidMessage) as got:
+        encode_any(value)
+    assert str(got.value) == str(expected.value)
+
+
+def test_encode_recovers_after_a_circular_content() -> None:
+    """A refused circular content leaves no trace: the next encode of the same lists succeeds."""
+    loop: list[Any] = []
+    loop.append(loop)
+    with pytest.raises(InvalidMessage):
+        encode_any({"type": "t", "content": loop})
+    inner: list[Any] = [1]
+    assert encode_any({"type": "t", "content": [inner, inner]}) == b'{"type":"t","content":[[1],[1]],"headers":{}}'
