@@ -34,29 +34,22 @@ _fast_encoder = _c_encoder()
 _FIELDS = frozenset({"type", "content", "headers"})
 
 try:  # orjson parses several times faster; the standard library is the fallback
-    from orjson import loads as _loads
+    from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover
-    _loads = json.loads
+    _fast_loads = json.loads
 
-INT_RANGE = (-(2**63), 2**64 - 1)
-"""Integers a message may carry. orjson, most JSON parsers outside Python, and Service B's
-clients read a wider one as a float (a changed value), so ``encode`` refuses it instead."""
-
-# Every digit to "0", everything else to " ": an integer too wide has 19 digits in a row.
+# orjson reads an integer beyond 64 bits as a float, which would change the content. Such an
+# integer has 19 digits in a row (every digit translated to "0", everything else to " "); the
+# rare payload with a run that long takes the standard library's exact parser.
 _DIGITS = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
 _NINETEEN = b"0" * 19
 
 
-def _wide_integer(value: Any) -> int | None:
-    """The first integer outside ``INT_RANGE`` in a JSON value, if any."""
-    if type(value) is int:
-        return value if not INT_RANGE[0] <= value <= INT_RANGE[1] else None
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list | tuple) else ()
-    for child in children:
-        found = _wide_integer(child)
-        if found is not None:
-            return found
-    return None
+def _loads(data: bytes | str) -> Any:
+    raw = data if type(data) is bytes else str(data).encode("utf-8", "surrogatepass")
+    if _NINETEEN in raw.translate(_DIGITS):
+        return json.loads(data)
+    return _fast_loads(data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,17 +138,9 @@ def _encode_fields(kind: str, content: Any, headers: dict[str, str]) -> bytes:
         _fast_encoder = _c_encoder()
         raise
     try:
-        data = text.encode()
+        return text.encode()
     except UnicodeEncodeError as exc:  # lone surrogates
         raise InvalidMessage(f"Message is not valid Unicode: {exc.reason}.") from exc
-    if _NINETEEN in data.translate(_DIGITS):  # a rare payload: look closer
-        wide = _wide_integer(content)
-        if wide is not None:
-            raise InvalidMessage(
-                f"Message content holds the integer {wide}, outside the 64-bit range "
-                f"{INT_RANGE[0]}..{INT_RANGE[1]} that JSON parsers keep exact; send it as a string."
-            )
-    return data
 
 
 def decode(data: bytes | str) -> Message:
@@ -163,7 +148,7 @@ def decode(data: bytes | str) -> Message:
     try:
         raw = _loads(data)
         kind, headers = raw["type"], raw.get("headers") or {}
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise InvalidMessage(f"Stored message is not in mqctl's format: {data[:80]!r}.") from exc
     if (
         type(kind) is not str
