@@ -7,9 +7,9 @@ wants it gone calls ``close(code, reason)``; the handler then stops the tasks, h
 what the client had not acknowledged and sends the close frame.
 
 The writer works in bursts: it takes every frame waiting (up to ``BURST``), writes them
-one by one, then hands the burst's auto-acks to the pump, which gives them to the subscription
-between its reads, so that they ride with the next read. It wakes the pump only when the outbox goes from full to
-having room, not once per frame.
+one by one, then asks for the burst's auto-acks all at once, so that they share one XACK
+(or ride with the subscription's next read). It wakes the pump only when the outbox goes
+from full to having room, not once per frame.
 """
 
 from __future__ import annotations
@@ -195,8 +195,6 @@ class Connection:
         """Live broadcast frames held back while this connection catches up from history."""
         self.wake: Callable[[], None] = _nothing
         """Called when the outbox has room again (set by the group pump)."""
-        self.hand_acks: Callable[[list[Delivery]], None] | None = None
-        """Takes the auto-acks of frames written (set by the group pump); None: the writer sends them."""
         self.full_since: float | None = None
         self.draining = False
         """Set on shutdown: the pumps hand this connection nothing more, so it can finish what it holds."""
@@ -358,8 +356,8 @@ class Connection:
                 written.append(delivery)
 
     def _auto_ack(self, written: list[Delivery]) -> None:
-        """Acknowledge deliveries written to the socket that the client has not settled itself:
-        through the pump (``hand_acks``) if it takes them, else at once."""
+        """Acknowledge deliveries written to the socket that the client has not settled itself,
+        all asked for before any is awaited."""
         if not written:
             return
         unacked = self.unacked
@@ -369,9 +367,6 @@ class Connection:
                 del unacked[delivery.id]
                 due.append(delivery)
         if not due:
-            return
-        if self.hand_acks is not None:
-            self.hand_acks(due)
             return
         rest = ack_all(due, self._counters)
         if rest is not None:

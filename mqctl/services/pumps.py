@@ -36,11 +36,9 @@ from mqctl.services.connection import (
     TOO_SLOW,
     TOO_SLOW_REASON,
     Connection,
-    ack_all,
     dumps,
     id_key,
     message_frame,
-    run_detached,
     settle,
 )
 from mqctl.services.metrics import DeliveryMetrics
@@ -53,8 +51,6 @@ RETRY = RetryPolicy(base_s=0.2, cap_s=5.0)
 """Backoff of a pump (or a catch-up) while the broker is unreachable."""
 TICK_S = 1.0
 """How often a group pump looks for stalled connections."""
-ACK_LINGER_S = 0.01
-"""How long auto-acks handed over during a read wait for it to end before they are sent by themselves."""
 HISTORY_PAGE = 500
 
 
@@ -143,10 +139,6 @@ class GroupPump(_Pump):
         self._changed = asyncio.Event()
         self._next = 0  # round robin position
         self._watchdog: asyncio.Task[None] | None = None
-        self._reading = False  # awaiting the subscription, which may be reading from the broker
-        self._due: list[Delivery] = []  # auto-acks handed over during a read
-        self._linger: asyncio.TimerHandle | None = None
-        self._tally = None if metrics is None else metrics.for_connection(topic, "group", group)
         self._subscription = broker.subscribe(
             topic,
             group=group,
@@ -175,34 +167,8 @@ class GroupPump(_Pump):
 
     def attach(self, connection: Connection) -> None:
         connection.wake = self._changed.set
-        connection.hand_acks = self._acks_due
         super().attach(connection)
         self._changed.set()
-
-    def _acks_due(self, deliveries: list[Delivery]) -> None:
-        """Auto-acks of frames written. Given to the subscription between two reads, they ride
-        with the next read; during a read they wait for its end (or ``ACK_LINGER_S``, when the
-        topic is idle and the read blocks), then leave together."""
-        if not self._reading:
-            rest = ack_all(deliveries, self._tally)
-            if rest is not None:
-                run_detached(rest)
-            return
-        self._due.extend(deliveries)
-        if self._linger is None:
-            self._linger = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._send_due)
-
-    def _hand_due(self) -> Awaitable[object] | None:
-        if self._linger is not None:
-            self._linger.cancel()
-            self._linger = None
-        due, self._due = self._due, []
-        return ack_all(due, self._tally) if due else None
-
-    def _send_due(self) -> None:
-        rest = self._hand_due()
-        if rest is not None:
-            run_detached(rest)
 
     def detach(self, connection: Connection) -> None:
         super().detach(connection)
@@ -216,15 +182,10 @@ class GroupPump(_Pump):
             self.opened.set()
         while True:
             await self._until_room()
-            self._reading = True
             try:
                 delivery = await anext(self._subscription)
             except StopAsyncIteration:
                 return
-            finally:
-                self._reading = False
-            if self._due:
-                self._send_due()
             await self._dispatch(delivery)
 
     async def _until_room(self) -> None:
@@ -275,9 +236,6 @@ class GroupPump(_Pump):
     async def _close_reader(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
-        rest = self._hand_due()
-        if rest is not None:
-            await rest
         await self._subscription.aclose()
 
 

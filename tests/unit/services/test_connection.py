@@ -77,19 +77,24 @@ async def until(condition: Callable[[], bool]) -> None:
             await asyncio.sleep(0.001)
 
 
-async def test_writer_sends_what_waits_as_one_burst_and_hands_its_auto_acks_over_together() -> None:
-    """Frames queued meanwhile go out in one burst; their auto-acks reach the pump in one call, after the sends."""
+async def test_writer_sends_what_waits_as_one_burst_and_asks_for_its_auto_acks_together() -> None:
+    """Frames queued meanwhile go out in one burst; their auto-acks are all asked for after the sends."""
     socket = FakeSocket()
     conn = connection(socket)
-    handed: list[tuple[int, list[str]]] = []
-    conn.hand_acks = lambda due: handed.append((len(socket.sent), [d.id for d in due]))
-    batch = deliveries(5)
+    asked: list[tuple[int, str]] = []
+
+    class Recorded(FakeDelivery):
+        def ack(self) -> Awaitable[None]:
+            asked.append((len(socket.sent), self.id))
+            return super().ack()
+
+    batch = [cast(Delivery, Recorded(f"1-{i}")) for i in range(5)]
     for delivery in batch:
         assert conn.push(f"frame {delivery.id}", delivery)
     running = asyncio.create_task(conn.run(nothing))
-    await until(lambda: bool(handed))
+    await until(lambda: len(asked) == 5)
     assert socket.sent == [f"frame {d.id}" for d in batch]
-    assert handed == [(5, [d.id for d in batch])]  # one hand-over, once all five were written
+    assert asked == [(5, d.id) for d in batch]  # once all five were written
     assert conn.unacked == {}
     conn.close(1000, "done")
     await running
@@ -116,23 +121,22 @@ async def test_writer_wakes_the_pump_only_when_a_full_outbox_gets_room() -> None
     await running
 
 
-async def test_acks_of_frames_written_before_the_socket_failed_are_still_handed_over() -> None:
+async def test_acks_of_frames_written_before_the_socket_failed_are_still_sent() -> None:
     """A socket that fails mid-burst: what was written is acked, the rest stays unacknowledged (redelivered)."""
     socket = FakeSocket(fail_at=2)
     conn = connection(socket)
-    handed: list[str] = []
-    conn.hand_acks = lambda due: handed.extend(d.id for d in due)
     batch = deliveries(4)
     for delivery in batch:
         conn.push(f"frame {delivery.id}", delivery)
     await conn.run(nothing)
     assert conn.client_gone
-    assert handed == [batch[0].id, batch[1].id]
+    await until(lambda: sum(cast(FakeDelivery, d).acked for d in batch) >= 2)
+    assert [cast(FakeDelivery, d).acked for d in batch] == [1, 1, 0, 0]
     assert set(conn.unacked) == {batch[2].id, batch[3].id}
 
 
-async def test_without_a_pump_the_writer_acks_a_burst_itself_and_counts_it() -> None:
-    """A connection no pump takes acks for sends them itself, all asked for before any is awaited."""
+async def test_the_writer_acks_a_burst_itself_and_counts_it() -> None:
+    """The writer sends the acks of a burst itself, all asked for before any is awaited, and counts them."""
     metrics = DeliveryMetrics()
     counters = metrics.for_connection("t", "group", "g")
     socket = FakeSocket()
@@ -200,8 +204,6 @@ async def test_frames_written_before_the_connection_ends_mid_burst_are_acked_not
     """Cancelled while a send waits: what went to the socket is acked, only the rest goes back to the group."""
     socket = FakeSocket()
     conn = connection(socket)
-    handed: list[str] = []
-    conn.hand_acks = lambda due: handed.extend(d.id for d in due)
     batch = deliveries(4)
     for delivery in batch:
         conn.push(f"frame {delivery.id}", delivery)
@@ -221,7 +223,8 @@ async def test_frames_written_before_the_connection_ends_mid_burst_are_acked_not
     await until(lambda: len(socket.sent) == 2 and not socket.gate.is_set())
     conn.close(4001, "too slow")
     handed_back = await running
-    assert handed == [batch[0].id, batch[1].id]
+    await until(lambda: sum(cast(FakeDelivery, d).acked for d in batch) >= 2)
+    assert [cast(FakeDelivery, d).acked for d in batch] == [1, 1, 0, 0]
     assert [d.id for d in handed_back] == [batch[2].id, batch[3].id]
 
 
