@@ -140,12 +140,9 @@ class PublishHandler:
 
     async def publish(self, request: Request) -> Response:
         """Store one message on a topic; answers 202 with its id once the broker has it."""
-        body = await self._read(request, PublishRequest)
+        body = await self._admit(request, PublishRequest)
         if isinstance(body, Response):
             return body
-        refused = await self._refusal(request)
-        if refused is not None:
-            return refused
         broker = broker_of(self.state)
         errors: list[dict[str, Any]] = []
         key = request.headers.get("idempotency-key")
@@ -173,12 +170,9 @@ class PublishHandler:
 
     async def publish_batch(self, request: Request) -> Response:
         """Store every message on one topic, all or none; answers 202 with their ids in order."""
-        body = await self._read(request, BatchRequest)
+        body = await self._admit(request, BatchRequest)
         if isinstance(body, Response):
             return body
-        refused = await self._refusal(request)
-        if refused is not None:
-            return refused
         broker = broker_of(self.state)
         try:
             batch = body if isinstance(body, BatchRequest) else _validate(BatchRequest, body)
@@ -194,6 +188,15 @@ class PublishHandler:
         return Response(
             orjson.dumps({"ids": ids, "status": "accepted", "count": len(ids), "topic": topic}), 202, None, JSON_TYPE
         )
+
+    async def _admit(self, request: Request, model: type[BaseModel]) -> Any:
+        """The body as ``_read`` gives it, or the answer that refuses the request (400, 401,
+        413, 415), checked in FastAPI's order: the body is read before the token and type."""
+        body = await self._read(request, model)
+        if isinstance(body, Response):
+            return body
+        refused = await self._refusal(request)
+        return body if refused is None else refused
 
     async def _read(self, request: Request, model: type[BaseModel]) -> Any:
         """The body: validated as ``model`` if it is valid JSON of it, parsed JSON, ``_UNPARSED``, or a 400/413."""
