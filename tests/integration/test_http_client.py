@@ -72,6 +72,20 @@ async def serve() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
         await server.server.wait_closed()
 
 
+def answering_once(response: bytes) -> Callable[[Server], Handler]:
+    """A handler that answers the first request on a connection with ``response``, then ends it."""
+
+    def handler_for(server: Server) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await server.read_request(reader)
+            writer.write(response)
+            await writer.drain()
+
+        return handler
+
+    return handler_for
+
+
 def answering(*responses: bytes) -> Callable[[Server], Handler]:
     """A handler that answers the n-th request on a connection with ``responses[n]`` (the last one repeats)."""
 
@@ -166,16 +180,7 @@ async def test_a_dropped_connection_raises_then_the_next_request_reconnects(serv
 
 async def test_a_body_cut_short_raises(serve) -> None:
     """A response that promises 100 bytes and closes after 10 raises ConnectionResetError, not a short body."""
-
-    def handler_for(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
-            await writer.drain()
-
-        return handler
-
-    server = await serve(handler_for)
+    server = await serve(answering_once(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789"))
     http = connection(server)
     with pytest.raises(ConnectionResetError):
         await http.request("GET", "/health")
@@ -185,16 +190,8 @@ async def test_a_body_cut_short_raises(serve) -> None:
 
 async def test_a_connection_the_server_closed_while_idle_is_reopened_without_an_error(serve) -> None:
     """After the server's keep-alive timeout closed the idle connection, the next request opens another."""
-
-    def handler_for(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(OK)
-            await writer.drain()  # then close, as uvicorn does when a connection idles past its timeout
-
-        return handler
-
-    server = await serve(handler_for)
+    # Each connection is closed after one answer, as uvicorn does when it idles past its timeout.
+    server = await serve(answering_once(OK))
     http = connection(server)
     assert (await http.request("GET", "/health")).status == 202
     for _ in range(100):  # until the close has arrived
@@ -216,15 +213,7 @@ async def test_connection_close_and_http_1_0_are_honoured(serve) -> None:
     await http.request("GET", "/b")
     assert server.connections == 2
 
-    def old_server(server: Server) -> Handler:
-        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            await server.read_request(reader)
-            writer.write(b"HTTP/1.0 200 OK\r\n\r\nto the end")
-            await writer.drain()
-
-        return handler
-
-    old = await serve(old_server)
+    old = await serve(answering_once(b"HTTP/1.0 200 OK\r\n\r\nto the end"))
     http10 = connection(old)
     assert (await http10.request("GET", "/")).body == b"to the end"
     assert not http10.is_open

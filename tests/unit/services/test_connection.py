@@ -13,7 +13,7 @@ import pytest
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
 from mqctl.services.connection import Connection, ack_all, message_frame
-from mqctl.services.metrics import DeliveryMetrics
+from mqctl.services.metrics import ConnectionCounters, DeliveryMetrics
 
 
 @dataclass
@@ -55,7 +55,9 @@ def deliveries(n: int) -> list[Delivery]:
     return [cast(Delivery, FakeDelivery(f"1-{i}")) for i in range(n)]
 
 
-def connection(socket: FakeSocket, *, capacity: int = 10, auto_ack: bool = True) -> Connection:
+def connection(
+    socket: FakeSocket, *, capacity: int = 10, auto_ack: bool = True, counters: ConnectionCounters | None = None
+) -> Connection:
     return Connection(
         socket,  # type: ignore[arg-type]
         topic="t",
@@ -64,6 +66,7 @@ def connection(socket: FakeSocket, *, capacity: int = 10, auto_ack: bool = True)
         filter=None,
         auto_ack=auto_ack,
         capacity=capacity,
+        counters=counters,
     )
 
 
@@ -139,17 +142,7 @@ async def test_the_writer_acks_a_burst_itself_and_counts_it() -> None:
     """The writer sends the acks of a burst itself, all asked for before any is awaited, and counts them."""
     metrics = DeliveryMetrics()
     counters = metrics.for_connection("t", "group", "g")
-    socket = FakeSocket()
-    conn = Connection(
-        socket,  # type: ignore[arg-type]
-        topic="t",
-        mode="group",
-        group="g",
-        filter=None,
-        auto_ack=True,
-        capacity=10,
-        counters=counters,
-    )
+    conn = connection(FakeSocket(), counters=counters)
     batch = deliveries(3)
     for delivery in batch:
         conn.push("x", delivery)
