@@ -285,14 +285,14 @@ class RedisBackend:
     async def read_after(self, topic: str, after_id: str, *, count: int, block_s: float) -> list[Entry]:
         block_ms = max(1, int(block_s * 1000))
         async with self._errors(block_s + self.command_timeout_s):
-            reply = await self.client.xread({self.keys.stream(topic): after_id}, count=count, block=block_ms)
+            reply: Any = await self.client.xread({self.keys.stream(topic): after_id}, count=count, block=block_ms)
         if not reply:
             return []
         return [Entry(_text(entry_id), fields.get(b"m", b"")) for entry_id, fields in reply[0][1]]
 
     async def last_id(self, topic: str) -> str:
         async with self._errors():
-            reply = await self.client.xrevrange(self.keys.stream(topic), count=1)
+            reply: Any = await self.client.xrevrange(self.keys.stream(topic), count=1)
         return _text(reply[0][0]) if reply else "0-0"
 
     # -- operating ----------------------------------------------------------------
@@ -316,7 +316,8 @@ class RedisBackend:
                 last_delivered = _text(g["last-delivered-id"])
                 lag = g.get("lag")
                 if lag is None:  # unknown after deletions by hand: count (bounded)
-                    lag = len(await self.client.xrange(stream, min=f"({last_delivered}", count=100_000))
+                    later: Any = await self.client.xrange(stream, min=f"({last_delivered}", count=100_000)
+                    lag = len(later)
                 oldest_age = None
                 if pending:
                     # a separate read: acks may have emptied the group since XINFO GROUPS
@@ -352,7 +353,7 @@ class RedisBackend:
     async def dead_letters(self, topic: str, *, count: int, after: str) -> list[DeadLetter]:
         start = "-" if after in ("-", "0", "0-0") else f"({after}"
         async with self._errors():
-            reply = await self.client.xrange(self.keys.dead(topic), min=start, count=count)
+            reply: Any = await self.client.xrange(self.keys.dead(topic), min=start, count=count)
         letters = []
         for entry_id, f in reply:
             dead_id = _text(entry_id)

@@ -9,7 +9,7 @@ that know that.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
@@ -33,6 +33,7 @@ def _c_encoder() -> Any:
 _fast_encoder = _c_encoder()
 _FIELDS = frozenset({"type", "content", "headers"})
 
+_fast_loads: Callable[[bytes | str], Any]
 try:  # orjson parses several times faster; the standard library is the fallback
     from orjson import loads as _fast_loads
 except ImportError:  # pragma: no cover

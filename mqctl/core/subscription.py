@@ -176,7 +176,7 @@ class _Reader:
             self._fetch.cancel()
             with contextlib.suppress(BaseException):
                 await self._fetch
-        self.broker._subscriptions.discard(self)  # type: ignore[arg-type]
+        self.broker._subscriptions.discard(self)
 
 
 class Subscription(_Reader):

@@ -17,7 +17,7 @@ import re
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
 
@@ -77,7 +77,8 @@ async def serve(
                 log_level=log_level,
                 access_log=access_log,
                 lifespan="on",
-                timeout_graceful_shutdown=graceful_s,
+                # uvicorn annotates an int, but waits with asyncio: a fraction of a second works.
+                timeout_graceful_shutdown=cast(int, graceful_s),
                 ws_max_size=64 * 1024,
                 # Service B's frames are a few hundred bytes: compressing each one costs the
                 # server ~15% of its CPU per frame, and every client as much again to inflate it.
@@ -115,7 +116,7 @@ async def serve(
 
     for server in servers:
         # One handler for all servers: uvicorn's own would stop only the last one started.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign, assignment]
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     try:
