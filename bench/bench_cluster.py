@@ -43,8 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import redis
 
 import mqctl
-from tests.integration.conftest import RedisServer, free_port
 from tests.redis_cluster import RedisCluster
+from tests.servers import RedisServer, free_port
 
 PUBLISHERS = 50
 CONSUMERS = 3

@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
+from servers import RedisServer, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
 from websockets.asyncio.client import ClientConnection, connect
 
 import mqctl
@@ -219,7 +219,7 @@ async def run(
     rounds: int, n_single: int, n_broadcast: int, clients: int, uvloop: bool, log: Any
 ) -> tuple[dict[str, Scenario], dict[str, str]]:
     scenarios = {"single": Scenario("single"), "broadcast": Scenario("broadcast")}
-    with PrivateRedis() as private:
+    with RedisServer() as private:
         env = environment("websockets", "orjson")
         env["ours_event_loop"] = (
             "uvloop (policy installed by the benchmark)" if uvloop else "as mqctl serve-b starts it"

@@ -43,7 +43,7 @@ import uuid
 from typing import Any
 
 import orjson
-from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
+from servers import RedisServer, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
 from websockets.asyncio.client import connect
 
 TARGET_P50_MS = 5.0
@@ -251,7 +251,7 @@ async def raw_run(port_a: int, b_url: str, args: argparse.Namespace, server_pid:
 def run(args: argparse.Namespace, log: Any) -> dict[str, Any]:
     generators = ("loadtest", "raw") if args.generator == "both" else (args.generator,)
     results: dict[str, dict[str, list[dict[str, Any]]]] = {g: {"ours": [], "bare": []} for g in generators}
-    with PrivateRedis() as private:
+    with RedisServer() as private:
         env = environment("websockets", "httpx", "orjson")
         a, b, bare_port = free_port(), free_port(), free_port()
         servers = {

@@ -50,7 +50,7 @@ except ImportError:  # pragma: no cover
         "FastStream is not installed. It is a benchmark-only dependency: pip install 'faststream[redis]'"
     ) from None
 
-from servers import PrivateRedis, environment, publish_report
+from servers import RedisServer, environment, publish_report
 
 import mqctl
 from mqctl.backends.keyspace import Keyspace
@@ -240,7 +240,7 @@ class Bench:
 
 async def run(rounds: int, sizes: dict[str, int], log: Callable[[str], None]) -> tuple[list[Result], dict[str, str]]:
     results = [Result(name, n) for name, n in sizes.items()]
-    with PrivateRedis() as private:
+    with RedisServer() as private:
         env = environment("faststream", "fast-depends")
         raw = aioredis.Redis.from_url(private.url)
         fs = RedisBroker(private.url, logger=None)

@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 import redis
 from bare_ingest import STREAM
-from servers import PrivateRedis, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
+from servers import RedisServer, Server, cpu_s, environment, free_port, mqctl_argv, publish_report, uvicorn_argv
 
 from mqctl.backends.keyspace import Keyspace
 
@@ -265,7 +265,7 @@ def run(rounds: int, duration_s: float, generator: str, uvloop: bool, log: Any) 
         raise SystemExit("wrk is not on PATH: install it with `apt-get install -y wrk`, or use --generator httpx.")
     results = {side.name: SideResult(side) for side in SIDES}
     ceilings: list[float] = []
-    with PrivateRedis() as private:
+    with RedisServer() as private:
         env = environment("websockets", "httpx", "orjson")
         env["generator"] = (
             subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split(" [")[0]

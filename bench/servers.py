@@ -1,7 +1,8 @@
-"""Processes for the service benchmarks: a private redis-server and HTTP/WebSocket servers.
+"""Processes for the service benchmarks: a private redis-server (``tests.servers``, as the
+tests start it) and HTTP/WebSocket servers.
 
-Each runs as a subprocess on a free loopback port and is stopped by its PID (never by
-name). ``cpu_s(pid)`` reads a process's CPU time from ``/proc``, so a benchmark can say
+Each runs as a subprocess on a loopback port nothing else can take and is stopped by its PID
+(never by name). ``cpu_s(pid)`` reads a process's CPU time from ``/proc``, so a benchmark can say
 how much CPU the server spent per message as well as how fast it went.
 """
 
@@ -13,12 +14,11 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,22 +26,12 @@ import httpx
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
+sys.path.insert(0, str(ROOT))  # tests.servers: the ports and the private redis-server, shared with the tests
+
+from tests.servers import RedisServer, free_port, stop_process, wait_for  # noqa: E402
+
+__all__ = ["RedisServer", "Server", "cpu_s", "environment", "free_port", "mqctl_argv", "publish_report", "uvicorn_argv"]
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"Timed out after {timeout_s:g} s waiting for {what}.")
 
 
 def cpu_s(pid: int) -> float:
@@ -49,64 +39,6 @@ def cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat", encoding="ascii") as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / _TICKS
-
-
-def _stop(process: subprocess.Popen[bytes], first: int = signal.SIGINT, timeout_s: float = 10) -> None:
-    if process.poll() is None:
-        process.send_signal(first)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-@dataclass
-class PrivateRedis:
-    """A redis-server of our own on a free port: no persistence, removed with its directory."""
-
-    port: int = field(default_factory=free_port)
-    dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="mqctl-bench-redis-"))
-    process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> PrivateRedis:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit("redis-server is not on PATH: install it (apt-get install -y redis-server).")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
-        args += ["--save", "", "--appendonly", "no"]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_until(self.answers, 10, f"redis-server on port {self.port}")
-        return self
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None:
-            _stop(self.process, signal.SIGTERM)
-            self.process = None
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-    def __enter__(self) -> PrivateRedis:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 @dataclass
@@ -137,7 +69,7 @@ class Server:
                 list(self.argv), stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env}, cwd=ROOT
             )
         try:
-            wait_until(self._ready, timeout_s, f"{self.name} on port {self.port}")
+            wait_for(self._ready, timeout_s, f"{self.name} on port {self.port}")
         except TimeoutError:
             self.stop()
             raise RuntimeError(f"{self.name} did not start; its log:\n{self.log()}") from None
@@ -158,7 +90,7 @@ class Server:
 
     def stop(self) -> None:
         if self.process is not None:
-            _stop(self.process)
+            stop_process(self.process, signal.SIGINT)
             self.process = None
         with contextlib.suppress(OSError):
             os.unlink(self.log_path)
@@ -225,7 +157,7 @@ def mqctl_revision() -> str:
 
 
 def redis_version() -> str:
-    """The version of the redis-server on PATH (the one ``PrivateRedis`` runs)."""
+    """The version of the redis-server on PATH (the one ``RedisServer`` runs)."""
     binary = shutil.which("redis-server") or "redis-server"
     out = subprocess.run([binary, "--version"], capture_output=True, text=True).stdout
     return next((part.split("=", 1)[1] for part in out.split() if part.startswith("v=")), out.strip())
@@ -250,7 +182,6 @@ def publish_report(rep: dict, render, started: float, *, as_json: bool) -> int:
     the table on stdout, or (``--json``) the table on stderr and the JSON on stdout."""
     import json
     import sys
-    import time
 
     rep["command"] = " ".join(["python3", *sys.argv])
     rep["wall_s"] = round(time.perf_counter() - started, 1)

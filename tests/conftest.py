@@ -10,20 +10,15 @@ Where the Redis comes from, first match wins:
 
 1. ``MQCTL_TEST_REDIS_URL`` if set (it must answer PING);
 2. ``redis://127.0.0.1:6379/0`` if it answers PING;
-3. a ``redis-server`` from PATH, started on a free loopback port for this session only.
+3. a ``redis-server`` from PATH, started for this session only (``tests.servers``).
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -31,6 +26,7 @@ import redis
 
 import mqctl
 from tests.redis_cluster import ClusterStartError, RedisCluster
+from tests.servers import RedisServer, ServerStartError
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 HOW_TO_GET_REDIS = (
@@ -52,22 +48,6 @@ def _answers_ping(url: str) -> bool:
         client.close()
 
 
-def _free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=5)
-
-
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The URL of a Redis for this session (see the module docstring for where it comes from)."""
@@ -80,26 +60,14 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if _answers_ping(LOCAL_REDIS_URL):
         yield LOCAL_REDIS_URL
         return
-    server = shutil.which("redis-server")
-    if server is None:
-        pytest.fail(f"No Redis answers at {LOCAL_REDIS_URL} and redis-server is not on PATH. {HOW_TO_GET_REDIS}")
-    port = _free_loopback_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    command = [server, "--save", "", "--appendonly", "no", "--port", str(port), "--bind", "127.0.0.1"]
-    command += ["--dir", str(workdir)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"redis://127.0.0.1:{port}/0"
     try:
-        deadline = time.monotonic() + 10
-        while not _answers_ping(url):
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    f"redis-server on port {port} did not start (exit code {process.poll()}). {HOW_TO_GET_REDIS}"
-                )
-            time.sleep(0.05)
-        yield url
+        server = RedisServer(dir=str(tmp_path_factory.mktemp("redis"))).start()
+    except ServerStartError as exc:
+        pytest.fail(f"No Redis answers at {LOCAL_REDIS_URL}, and one could not be started: {exc} {HOW_TO_GET_REDIS}")
+    try:
+        yield server.url
     finally:
-        _stop(process)
+        server.stop()
 
 
 class BrokerURL(NamedTuple):

@@ -1,5 +1,6 @@
-"""A private Redis Cluster for tests: ``redis-server --cluster-enabled yes`` nodes on free
-loopback ports, joined by ``redis-cli --cluster create``, each stopped by its PID.
+"""A private Redis Cluster for tests: ``redis-server --cluster-enabled yes`` nodes on loopback
+ports that nothing else can take (``tests.servers.free_port``, bus ports included), joined by
+``redis-cli --cluster create``, each stopped by its PID.
 
     cluster = RedisCluster(masters=3, replicas=0, workdir=tmp)
     cluster.start()          # a few seconds: the nodes, the join, then every node says cluster_state:ok
@@ -14,11 +15,15 @@ seconds. Nothing is persisted; the work directory holds only the nodes' cluster 
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.servers import RedisServer, ServerStartError, free_port
+
+BUS_OFFSET = 10_000
+"""Redis Cluster's bus port is the node's port + 10000."""
 
 HOW_TO_GET_REDIS = (
     "The cluster tests start their own Redis Cluster from redis-server and redis-cli on PATH; "
@@ -28,27 +33,6 @@ HOW_TO_GET_REDIS = (
 
 class ClusterStartError(RuntimeError):
     """The cluster could not be started; the message says why and what to do."""
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
-
-
-def free_node_ports(count: int) -> list[int]:
-    """``count`` ports P that are free with their cluster bus port P + 10000."""
-    ports: list[int] = []
-    while len(ports) < count:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = int(sock.getsockname()[1])
-        if port < 55000 and port not in ports and _port_free(port + 10000):
-            ports.append(port)
-    return ports
 
 
 def _command(port: int, *args: str, timeout_s: float = 2.0) -> str:
@@ -74,7 +58,7 @@ class RedisCluster:
     replicas: int = 0
     node_timeout_ms: int = 1000
     ports: list[int] = field(default_factory=list)
-    processes: dict[int, subprocess.Popen[bytes]] = field(default_factory=dict)
+    nodes: dict[int, RedisServer] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -86,15 +70,11 @@ class RedisCluster:
         if server is None or cli is None:
             raise ClusterStartError(f"redis-server or redis-cli is not on PATH. {HOW_TO_GET_REDIS}")
         count = self.masters * (1 + self.replicas)
-        self.ports = free_node_ports(count)
+        self.ports = [free_port(also_offset=BUS_OFFSET) for _ in range(count)]
+        deadline = time.monotonic() + timeout_s
         try:
             for port in self.ports:
-                self._start_node(server, port)
-            deadline = time.monotonic() + timeout_s
-            for port in self.ports:
-                while _command(port, "ping").strip() != "PONG":
-                    self._check_alive(port, deadline)
-                    time.sleep(0.02)
+                self._start_node(port)
             nodes = [f"127.0.0.1:{port}" for port in self.ports]
             created = subprocess.run(
                 [cli, "--cluster", "create", *nodes, "--cluster-replicas", str(self.replicas), "--cluster-yes"],
@@ -109,42 +89,35 @@ class RedisCluster:
             self.stop()
             raise
 
-    def _start_node(self, server: str, port: int) -> None:
-        node_dir = self.workdir / f"node-{port}"
-        node_dir.mkdir(parents=True, exist_ok=True)
-        args = [
-            server,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(node_dir),
-            "--cluster-enabled",
-            "yes",
-            "--cluster-config-file",
-            f"nodes-{port}.conf",
-            "--cluster-node-timeout",
-            str(self.node_timeout_ms),
-            # A replica whose link looked stale on a loaded machine would otherwise refuse to
-            # fail over ("data too old"), and the cluster would stay down: always try.
-            "--cluster-replica-validity-factor",
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--logfile",
-            str(node_dir / "redis.log"),
-        ]
-        self.processes[port] = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    def _start_node(self, port: int) -> None:
+        node = self.nodes.get(port)
+        if node is None:
+            node_dir = self.workdir / f"node-{port}"
+            node_dir.mkdir(parents=True, exist_ok=True)
+            extra = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"nodes-{port}.conf",
+                "--cluster-node-timeout",
+                str(self.node_timeout_ms),
+                # A replica whose link looked stale on a loaded machine would otherwise refuse to
+                # fail over ("data too old"), and the cluster would stay down: always try.
+                "--cluster-replica-validity-factor",
+                "0",
+            ]
+            node = self.nodes[port] = RedisServer(port, extra=extra, dir=str(node_dir))
+        try:
+            node.start()
+        except ServerStartError as exc:
+            raise ClusterStartError(str(exc)) from exc
 
     def _check_alive(self, port: int, deadline: float) -> None:
-        process = self.processes.get(port)
-        if process is not None and process.poll() is not None:
-            log = self.workdir / f"node-{port}" / "redis.log"
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-            raise ClusterStartError(f"redis-server on port {port} exited with {process.returncode}:\n{tail}")
+        node = self.nodes.get(port)
+        if node is not None and node.process is not None and node.process.poll() is not None:
+            raise ClusterStartError(
+                f"redis-server on port {port} exited with {node.process.returncode}:\n{node.log_tail()}"
+            )
         if time.monotonic() > deadline:
             raise ClusterStartError(f"The cluster node on port {port} did not become ready in time.")
 
@@ -160,7 +133,7 @@ class RedisCluster:
                 time.sleep(0.05)
 
     def running_ports(self) -> list[int]:
-        return [port for port, process in self.processes.items() if process.poll() is None]
+        return [port for port, node in self.nodes.items() if node.process is not None and node.process.poll() is None]
 
     def master_ports(self) -> list[int]:
         """Ports of the nodes that are masters now (as a running node sees it)."""
@@ -195,29 +168,17 @@ class RedisCluster:
 
     def kill(self, port: int) -> None:
         """SIGKILL the node on ``port`` (no chance to hand over: a crash)."""
-        process = self.processes[port]
-        process.kill()
-        process.wait(10)
+        self.nodes[port].kill()
 
     def restart(self, port: int) -> None:
         """Start the node on ``port`` again with its cluster config: it rejoins (a replica, if it was
         failed over)."""
-        server = shutil.which("redis-server")
-        assert server is not None
-        self._start_node(server, port)
-        deadline = time.monotonic() + 10
-        while _command(port, "ping").strip() != "PONG":
-            self._check_alive(port, deadline)
-            time.sleep(0.02)
+        self._start_node(port)
 
     def stop(self) -> None:
         """Stop every node by PID: SIGTERM, then SIGKILL if it lingers."""
-        for process in self.processes.values():
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes.values():
-            try:
-                process.wait(5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        for node in self.nodes.values():
+            if node.process is not None and node.process.poll() is None:
+                node.process.terminate()
+        for node in self.nodes.values():
+            node.stop()

@@ -14,7 +14,8 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import RedisServer, Service, wait_for
+from tests.integration.conftest import Service
+from tests.servers import RedisServer, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

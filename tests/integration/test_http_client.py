@@ -12,6 +12,7 @@ import pytest
 
 from mqctl.clients.http import HttpConnection, Origin
 from mqctl.core.errors import ConfigError
+from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -250,12 +251,7 @@ async def test_an_answer_that_is_not_http_raises(serve) -> None:
 
 async def test_an_unreachable_server_raises_an_os_error() -> None:
     """Nothing listening: the request raises ConnectionRefusedError at once."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    http = HttpConnection(Origin.parse(f"http://127.0.0.1:{port}"))
+    http = HttpConnection(Origin.parse(f"http://127.0.0.1:{free_port()}"))
     with pytest.raises(ConnectionRefusedError):
         await http.request("GET", "/health")
     await http.aclose()

@@ -11,7 +11,8 @@ import pytest
 
 from mqctl.clients.http import HttpConnection, Origin
 from mqctl.loadtest import LoadSpec, run
-from tests.integration.conftest import RedisServer, Service
+from tests.integration.conftest import Service
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -10,8 +10,9 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import RedisServer, Service
+from tests.integration.conftest import Service
 from tests.scrape import sample
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import mqctl
 from mqctl.cli import app
-from tests.integration.conftest import RedisServer, free_port, wait_for
+from tests.servers import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -16,7 +16,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 import mqctl
-from tests.integration.conftest import RedisServer, free_port
+from tests.servers import RedisServer, free_port
 
 pytestmark = pytest.mark.timeout(90)
 

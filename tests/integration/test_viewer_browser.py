@@ -11,7 +11,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import RedisServer, Service
+from tests.integration.conftest import Service
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 

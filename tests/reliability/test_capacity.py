@@ -12,8 +12,8 @@ import redis
 
 import mqctl
 from mqctl.core.message import decode
-from tests.integration.conftest import RedisServer
 from tests.reliability.harness import Consumer, Published, Report, publish_seq, wait_until
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -21,7 +21,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 import mqctl
-from tests.integration.conftest import RedisServer, Service
+from tests.integration.conftest import Service
 from tests.reliability.harness import (
     Consumer,
     MemoryWatch,
@@ -31,6 +31,7 @@ from tests.reliability.harness import (
     rss_mib,
     wait_until,
 )
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -13,8 +13,9 @@ import pytest
 import redis
 
 from mqctl.core.message import decode
-from tests.integration.conftest import RedisServer, Service
+from tests.integration.conftest import Service
 from tests.reliability.harness import Consumer, Published, Report, publish_seq, wait_until
+from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -5,10 +5,7 @@ documents (status code, content type and body shape)."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import schemathesis
@@ -24,7 +21,8 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.integration.conftest import RedisServer, free_port, healthy, wait_for
+from tests.integration.conftest import Services
+from tests.servers import RedisServer
 
 EXAMPLES = int(os.environ.get("MQCTL_FUZZ_EXAMPLES", "60"))
 """Examples per operation and generation mode; the whole file stays well under a minute."""
@@ -43,28 +41,15 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def service_a(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One serve-a process on a private redis-server for the whole module, stopped by PID."""
-    server = RedisServer(free_port())
-    server.start()
-    port = free_port()
-    log_path = Path(tmp_path_factory.mktemp("fuzz")) / "serve-a.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mqctl", "serve-a", "--port", str(port), "--broker", server.url],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "MQCTL_MAX_BACKLOG": "1000000"},
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: healthy(url) or process.poll() is not None, 20, "serve-a")
-        assert process.poll() is None, log_path.read_text()
-        yield url
-        assert process.poll() is None, "serve-a died under the fuzzer:\n" + log_path.read_text()
-        assert "Traceback" not in log_path.read_text(), log_path.read_text()
-    finally:
-        process.terminate()
-        process.wait(10)
-        server.stop()
+    services = Services(tmp_path_factory.mktemp("fuzz"))
+    with RedisServer() as server:
+        a = services.start("serve-a", "--broker", server.url, env={"MQCTL_MAX_BACKLOG": "1000000"})
+        try:
+            yield a.http
+            assert a.process.poll() is None, "serve-a died under the fuzzer:\n" + a.log()
+            assert "Traceback" not in a.log(), a.log()
+        finally:
+            services.stop_all()
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import redis
 from websockets.asyncio.client import connect
 
 from mqctl.core.message import decode
-from tests.integration.conftest import RedisServer, free_port, wait_for
 from tests.reliability.harness import Consumer, Published, Report, is_message, publish_seq, wait_until
+from tests.servers import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(180)
 
