@@ -13,23 +13,23 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
-# A venv without pip or setuptools of its own: the base image's pip fills it, so the
-# final image gets only mqctl and its dependencies.
+# A venv without pip of its own: the base image's pip fills it, so the final image gets
+# only mqctl and its dependencies.
 RUN python -m venv --without-pip /opt/venv
 WORKDIR /src
 
-# The dependencies alone, as pyproject.toml lists them: this layer is rebuilt only when
-# pyproject.toml changes, not on every code change. (Every dependency ships a wheel, so
-# no compiler is needed.)
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" \
-        > requirements.txt \
-    && pip --python /opt/venv/bin/python install --requirement requirements.txt
+# The dependencies alone, at the exact versions and hashes of requirements/main.txt (the lock
+# scripts/lock.sh refreshes, the same versions CI tests): this layer is rebuilt only when the
+# lock changes, not on every code change. (Every dependency ships a wheel: no compiler.)
+COPY requirements/main.txt ./requirements.txt
+RUN pip --python /opt/venv/bin/python install --require-hashes --requirement requirements.txt
 
-# Then the code, without touching the dependencies.
-COPY README.md ./
+# Then the code, built with the locked setuptools (no build isolation, so nothing unlocked is
+# fetched), which then leaves the venv.
+COPY pyproject.toml README.md ./
 COPY mqctl ./mqctl
-RUN pip --python /opt/venv/bin/python install --no-deps .
+RUN pip --python /opt/venv/bin/python install --no-deps --no-build-isolation . \
+    && pip --python /opt/venv/bin/python uninstall --yes setuptools
 
 
 FROM python:3.11.13-slim-bookworm

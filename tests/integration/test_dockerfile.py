@@ -19,8 +19,8 @@ import typer.main
 from typer.testing import CliRunner
 
 from mqctl.cli import app
-from tests.integration.conftest import free_port
 from tests.integration.deployment import ROOT, Stage, read_dockerfile, read_dockerignore
+from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -140,23 +140,20 @@ def test_healthcheck_passes_only_when_health_answers_ok(final: Stage, stub_serve
     assert run_healthcheck(final, f"http://127.0.0.1:{free_port()}/health") != 0
 
 
-def test_dependencies_install_in_a_layer_of_their_own(stages: list[Stage]) -> None:
-    """Only pyproject.toml is copied before the dependencies install; the code comes after,
-    and the install step lists exactly pyproject.toml's dependencies."""
+def test_dependencies_install_from_the_lock_in_a_layer_of_their_own(stages: list[Stage]) -> None:
+    """Only the runtime lock is copied before the dependencies install, with its hashes required;
+    the code comes after, and mqctl itself is built without fetching anything unlocked."""
     steps = stages[0].instructions
-    installs = [i for i, step in enumerate(steps) if step.keyword == "RUN" and "install --requirement" in step.value]
-    assert len(installs) == 1, "expected one RUN that installs the dependencies from a requirements list"
-    sources = [(i, step.options()[1].split()[:-1]) for i, step in enumerate(steps) if step.keyword == "COPY"]
+    installs = [i for i, step in enumerate(steps) if step.keyword == "RUN" and "--require-hashes" in step.value]
+    assert len(installs) == 1, "expected one RUN that installs the locked dependencies with --require-hashes"
+    sources = [(i, step.options()[1].split()) for i, step in enumerate(steps) if step.keyword == "COPY"]
     before = [src for i, src in sources if i < installs[0]]
-    assert before == [["pyproject.toml"]], f"copied before the dependencies install: {before}"
-    assert any("mqctl" in src for i, src in sources if i > installs[0]), "the code is not copied after them"
+    assert len(before) == 1 and before[0][0] == "requirements/main.txt", f"copied before the install: {before}"
     words = shlex.split(steps[installs[0]].value)
-    script = words[words.index("-c") + 1]
-    listed = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True
-    ).stdout.split()
-    with (ROOT / "pyproject.toml").open("rb") as f:
-        assert listed == tomllib.load(f)["project"]["dependencies"]
+    assert words[words.index("--requirement") + 1] == before[0][-1].rsplit("/", 1)[-1]
+    assert any("mqctl" in src for i, src in sources if i > installs[0]), "the code is not copied after them"
+    builds = [step.value for step in steps if step.keyword == "RUN" and "install --no-deps" in step.value]
+    assert len(builds) == 1 and "--no-build-isolation" in builds[0], builds
 
 
 def test_final_image_holds_no_build_tools_or_caches(stages: list[Stage], final: Stage) -> None:
