@@ -175,11 +175,19 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
     return {str(k): "" if v is None else str(v) for k, v in env.items()}
 
 
+_VARIABLE = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def interpolate(value: str, env: dict[str, str] | None = None) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` replaced as compose does, from ``env`` (default: none set)."""
+    return _VARIABLE.sub(lambda m: (env or {}).get(m[1]) or m[2] or "", value)
+
+
 def port_mappings(service: dict[str, Any]) -> dict[int, int]:
-    """A compose service's ``ports`` as {container port: host port} (short syntax)."""
+    """A compose service's ``ports`` as {container port: host port} (short syntax, defaults taken)."""
     mappings = {}
     for entry in service.get("ports") or []:
-        published, _, target = str(entry).rpartition(":")
+        published, _, target = interpolate(str(entry)).rpartition(":")
         mappings[int(target)] = int(published.rpartition(":")[2] or target)
     return mappings
 

@@ -23,7 +23,7 @@ from websockets.asyncio.client import connect
 
 from mqctl.cli import app
 from mqctl.config import Settings
-from tests.integration.conftest import RedisServer, Service, free_port, wait_for
+from tests.integration.conftest import Service
 from tests.integration.deployment import (
     COMPOSE_FILE,
     ROOT,
@@ -33,6 +33,7 @@ from tests.integration.deployment import (
     read_compose,
     read_dockerfile,
 )
+from tests.servers import RedisServer, free_port, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
