@@ -4,10 +4,13 @@ A ``Subscription`` reads in batches with a blocking read that waits at most
 ``poll_interval_s`` and returns as soon as a message lands. Every ``reclaim_every_s``
 it also takes over deliveries that some consumer of the group left unacknowledged for
 ``ack_timeout_s`` (crashed, hung, or nacked), moving those that used up
-``max_attempts`` to the dead letters. Acks are gathered and sent with the next read; those
-that come while a read is in flight go out together, one XACK for all that came during the
-previous one (``Coalescer``), so acks never wait on a timer and a busy consumer does not
-pay one round trip per message.
+``max_attempts`` to the dead letters.
+
+Acks are gathered and sent with the next read, so a busy consumer does not pay one round
+trip per message; a read not under way within ``ACK_LINGER_S`` of an ack (a slow handler)
+does not hold it: the gathered acks then go out on their own. Those that come while a read
+is in flight go out together, one XACK for all that came during the previous one
+(``Coalescer``), and their ``await`` returns once the broker has them.
 
 Two optional callbacks let an owner observe a reader without parsing its logs (the
 services' metrics use them); both must be quick and must not raise:
@@ -39,6 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+ACK_LINGER_S = 0.01
+"""Longest an ack waits for a read to carry it before it is sent on its own, seconds."""
+ACK_RETRY_S = 1.0
+"""After a failed send of lingering acks, when to try again if no read carries them first."""
+
 
 @dataclass(eq=False, slots=True)
 class Delivery:
@@ -55,8 +63,11 @@ class Delivery:
     def ack(self) -> Awaitable[None]:
         """Acknowledge: the group is done with this message. Await the result.
 
-        The ack usually rides with the subscription's next read (no round trip of its
-        own); it is sent at once when no read is coming soon.
+        The ack rides with the subscription's next read when one comes within
+        ``ACK_LINGER_S`` (10 ms), and is sent on its own when none does, so a slow handler
+        never holds it. An ack given during a read in flight returns once the broker has it.
+        An ack that cannot be sent leaves the message pending: it comes back after the ack
+        timeout (a duplicate, never a loss).
         """
         if self._settled:
             return _DONE
@@ -211,6 +222,8 @@ class Subscription(_Reader):
         self._clock = clock
         self._next_reclaim = 0.0
         self._acks: list[str] = []
+        self._linger: asyncio.TimerHandle | None = None  # sends self._acks if no read takes them
+        self._lingering: set[asyncio.Task[None]] = set()  # sends of acks the linger let out
         self._late_acks: Coalescer[str, None] = Coalescer(self._send_late_acks)  # taken during a read
         self._outstanding: set[str] = set()
         self.on_dead_letter: Callable[[int], None] | None = None
@@ -268,20 +281,58 @@ class Subscription(_Reader):
                 self._buffer.extend(claimed)
                 return
         block_s = max(0.001, min(self.poll_interval_s, self._next_reclaim - now))
-        acks, self._acks = self._acks, []
+        acks = self._take_acks()
         try:
             entries = await backend.read_group(
                 self.topic, self.group, self.consumer, count=self.batch, block_s=block_s, ack=acks
             )
         except BaseException:
-            self._acks[:0] = acks  # not sent (or not known to be): keep them for the next try
+            self._keep_acks(acks, ACK_LINGER_S)  # not sent (or not known to be): try again
             raise
         self._buffer.extend(entries)
 
+    def _take_acks(self) -> list[str]:
+        """The gathered acks, for a round trip that carries them (the linger is off)."""
+        if self._linger is not None:
+            self._linger.cancel()
+            self._linger = None
+        ids, self._acks = self._acks, []
+        return ids
+
+    def _keep_acks(self, ids: list[str], within_s: float) -> None:
+        """Put acks back to be sent with the next read, or on their own within ``within_s``."""
+        if not ids:
+            return
+        self._acks[:0] = ids
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(within_s, self._linger_ran_out)
+
+    def _linger_ran_out(self) -> None:
+        """No read took the gathered acks in time: send them on their own."""
+        self._linger = None
+        ids = self._take_acks()
+        if ids:
+            task = asyncio.ensure_future(self._send_lingering(ids))
+            self._lingering.add(task)
+            task.add_done_callback(self._lingering.discard)
+
+    async def _send_lingering(self, ids: list[str]) -> None:
+        try:
+            await self._late_acks.submit_many(ids)
+        except Exception as exc:  # the ack timeout hands them back if they never get through
+            log.warning("Could not send %d ack(s) of %r: %s; trying again", len(ids), self.topic, exc)
+            if not self._closed:
+                self._keep_acks(ids, ACK_RETRY_S)
+
     async def _flush_acks(self) -> None:
-        if self._acks:
-            ids, self._acks = self._acks, []
-            await self.broker.partitioned.ack(self.topic, self.group, ids)
+        ids = self._take_acks()
+        if ids:
+            try:
+                await self.broker.partitioned.ack(self.topic, self.group, ids)
+            except BaseException:
+                if not self._closed:
+                    self._keep_acks(ids, ACK_RETRY_S)
+                raise
 
     def _ack(self, entry_id: str) -> Awaitable[None]:
         # Not a coroutine: the common case (queue the ack for the next read) costs no frame.
@@ -291,7 +342,9 @@ class Subscription(_Reader):
             # before the XACK in flight returns.
             return self._late_acks.submit_nowait(entry_id)
         self._acks.append(entry_id)
-        if len(self._acks) >= 10 * self.batch:  # normally they ride with the next read
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._linger_ran_out)
+        elif len(self._acks) >= 10 * self.batch:  # a full load for one round trip: send it now
             return self._flush_acks()
         return _DONE
 
@@ -331,6 +384,8 @@ class Subscription(_Reader):
         if self._closed:
             return
         await super().aclose()
+        if self._lingering:
+            await asyncio.gather(*self._lingering, return_exceptions=True)
         with contextlib.suppress(Exception):  # the acks' awaiters saw any failure
             await self._late_acks.aclose()
         backend = self.broker.partitioned

@@ -6,12 +6,18 @@ import asyncio
 from typing import Any
 
 import mqctl
-from tests.contract.consuming import take
+from mqctl.core import subscription as subscription_module
+from tests.conftest import BrokerFactory
+from tests.contract.consuming import eventually, take
 
 
 async def _pending(broker: mqctl.Broker, topic: str, group: str = "default") -> int:
     stats = await broker.stats(topic)
     return next(g.pending for g in stats.groups if g.name == group)
+
+
+async def _pending_is(broker: mqctl.Broker, topic: str, group: str, count: int) -> bool:
+    return await _pending(broker, topic, group) == count
 
 
 async def _reading(subscription: mqctl.Subscription) -> asyncio.Task[mqctl.Delivery]:
@@ -90,4 +96,35 @@ async def test_an_ack_after_close_is_still_sent(broker: mqctl.Broker) -> None:
         (delivery,) = await take(sub, 1)
     assert await _pending(broker, "orders") == 1  # handed back by aclose()
     await delivery.ack()
+    assert await _pending(broker, "orders") == 0
+
+
+async def test_an_ack_reaches_the_broker_without_another_read(connect_broker: BrokerFactory) -> None:
+    """A slow handler acks and works on without reading again: another connection sees the ack
+    within the linger (ACK_LINGER_S), not when the subscription next reads or closes."""
+    async with (
+        connect_broker() as broker,
+        connect_broker() as observer,
+        broker.subscribe("t", group="slow", batch=100, poll_interval=5) as sub,
+    ):
+        await broker.publish("t", {"type": "n"})
+        (delivery,) = await take(sub, 1)
+        await delivery.ack()
+        await eventually(lambda: _pending_is(observer, "t", "slow", 0), timeout_s=2, what="the ack in the broker")
+
+
+async def test_acks_of_a_fast_loop_ride_with_its_reads(broker: mqctl.Broker, mocker: Any) -> None:
+    """A loop that acks each delivery as it goes sends its acks with its next read, not one XACK
+    each (the linger is stretched here so that a slow machine cannot flush one early)."""
+    mocker.patch.object(subscription_module, "ACK_LINGER_S", 30.0)
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(300)])
+    backend_ack = mocker.spy(broker.partitioned, "ack")
+    read_group = mocker.spy(broker.partitioned, "read_group")
+    async with broker.subscribe("orders", batch=100, poll_interval=5) as sub:
+        async for delivery in sub:
+            await delivery.ack()
+            if delivery.message.content == 299:
+                break
+        assert [len(call.kwargs["ack"]) for call in read_group.call_args_list] == [0, 100, 100]
+    assert backend_ack.call_count == 1  # the last 100, at close
     assert await _pending(broker, "orders") == 0
