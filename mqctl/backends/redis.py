@@ -52,6 +52,28 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def _keep_reply(response: Any, **options: Any) -> Any:
+    """XREADGROUP's reply as Redis sent it: ``read_group`` makes its entries straight from it,
+    without redis-py's dict per entry."""
+    return response
+
+
+def _entries(reply: Any) -> list[Entry]:
+    """The entries of one stream's XREADGROUP reply: ``{stream: [[id, [field, value, ...]], ...]}``
+    (RESP3) or ``[[stream, [...]]]`` (RESP2)."""
+    if not reply:
+        return []
+    found = next(iter(reply.values())) if type(reply) is dict else reply[0][1]
+    make = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__
+    return [make(Entry, (i.decode(), f[1] if f[0] == b"m" else _field_m(f), 1)) for i, f in found]
+
+
+def _field_m(flat: list[bytes]) -> bytes:
+    """Field ``m`` of an entry whose first field is another (written by something else than mqctl)."""
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+    return fields.get(b"m", b"")
+
+
 class RedisBackend:
     """Topics on one Redis server. See ``mqctl.core.backend.Backend``."""
 
@@ -85,6 +107,8 @@ class RedisBackend:
         self._reclaim = client.register_script(scripts.RECLAIM)
         self._dead_letter = client.register_script(scripts.DEAD_LETTER)
         self._partitions = client.register_script(scripts.PARTITIONS)
+        self._ack = client.register_script(scripts.ACK)
+        client.set_response_callback("XREADGROUP", _keep_reply)
         self._registered: set[str] = set()
 
     @contextlib.asynccontextmanager
@@ -218,9 +242,15 @@ class RedisBackend:
             try:
                 if ack:  # the acks ride with the read: one round trip for both
                     pipe = self.client.pipeline(transaction=False)
-                    pipe.xack(stream, group, *ack)
+                    pipe.evalsha(self._ack.sha, 1, stream, group, " ".join(ack))
                     pipe.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
-                    reply = (await pipe.execute())[1]
+                    acked, reply = await pipe.execute(raise_on_error=False)
+                    if isinstance(reply, Exception):
+                        raise reply
+                    if isinstance(acked, rex.NoScriptError):  # Redis restarted or flushed its scripts
+                        await self._ack(keys=[stream], args=[group, " ".join(ack)])
+                    elif isinstance(acked, Exception):
+                        raise acked
                 else:
                     reply = await self.client.xreadgroup(group, consumer, {stream: ">"}, count=count, block=block_ms)
             except rex.ResponseError as exc:
@@ -229,9 +259,7 @@ class RedisBackend:
                 log.warning("Group %r of topic %r was missing; recreating it from now on.", group, topic)
                 await self.create_group(topic, group, from_start=False)
                 return []
-        if not reply:
-            return []
-        return [Entry(entry_id.decode(), fields.get(b"m", b""), 1) for entry_id, fields in reply[0][1]]
+        return _entries(reply)
 
     async def reclaim(
         self,
@@ -261,7 +289,7 @@ class RedisBackend:
         if not ids:
             return 0
         async with self._errors():
-            return int(await self.client.xack(self.keys.stream(topic), group, *ids))
+            return int(await self._ack(keys=[self.keys.stream(topic)], args=[group, " ".join(ids)]))
 
     async def release(
         self, topic: str, group: str, consumer: str, ids: Sequence[str], *, ready_in_s: float, min_idle_s: float

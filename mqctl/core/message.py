@@ -144,6 +144,11 @@ def _encode_fields(kind: str, content: Any, headers: dict[str, str]) -> bytes:
         raise InvalidMessage(f"Message is not valid Unicode: {exc.reason}.") from exc
 
 
+_new_message = object.__new__
+# The slots' own setters: "frozen" refuses a user's assignment, not the decoder's first one.
+_set_type, _set_content, _set_headers = (Message.__dict__[name].__set__ for name in ("type", "content", "headers"))
+
+
 def decode(data: bytes | str) -> Message:
     """The message in ``data``, as written by ``encode``. Raises ``InvalidMessage``."""
     try:
@@ -155,12 +160,12 @@ def decode(data: bytes | str) -> Message:
         type(kind) is not str
         or not kind
         or type(headers) is not dict
-        or not all(type(k) is str and type(v) is str for k, v in headers.items())
+        or (headers and not all(type(k) is str and type(v) is str for k, v in headers.items()))
     ):
         return Message(kind, raw.get("content"), headers)  # the full checks say what is wrong
     # Written by encode(), so already valid: skip the per-field checks on this hot path.
-    message = object.__new__(Message)
-    object.__setattr__(message, "type", kind)
-    object.__setattr__(message, "content", raw.get("content"))
-    object.__setattr__(message, "headers", headers)
+    message: Message = _new_message(Message)
+    _set_type(message, kind)
+    _set_content(message, raw.get("content"))
+    _set_headers(message, headers)
     return message
