@@ -5,6 +5,7 @@ from mqctl.core.backend import Backend, DeadLetter, GroupStats, TopicStats
 from mqctl.core.broker import Broker, BrokerOptions
 from mqctl.core.errors import (
     BrokerOutOfMemory,
+    BrokerRefused,
     BrokerUnavailable,
     ConfigError,
     InvalidMessage,
@@ -29,6 +30,7 @@ __all__ = [
     "Broker",
     "BrokerOptions",
     "BrokerOutOfMemory",
+    "BrokerRefused",
     "BrokerUnavailable",
     "ConfigError",
     "DeadLetter",

@@ -12,6 +12,7 @@ import sys
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
 from mqctl import cli_ops
 from mqctl.console import err, out, run
@@ -171,16 +172,19 @@ def serve_b(
     _serve_one(create_app, settings, host, port)
 
 
-async def _reachable(url: str, timeout_s: float) -> bool:
+async def _unusable(url: str, timeout_s: float) -> str | None:
+    """Why the broker at ``url`` cannot be used now (no answer, or a refusal), None if it can."""
     from mqctl.connect import open_broker
 
     broker = open_broker(url)
     try:
         async with asyncio.timeout(timeout_s):
-            await broker.ping()
-        return True
-    except (MQError, TimeoutError):
-        return False
+            await broker.ping(write=True)
+        return None
+    except TimeoutError:
+        return f"No Redis answered at {url} within {timeout_s:g} s."
+    except MQError as exc:
+        return str(exc)
     finally:
         await broker.aclose()
 
@@ -212,10 +216,11 @@ def up(
     from mqctl.config import DEFAULT_BROKER_URL
 
     explicit = broker or os.environ.get("MQCTL_BROKER_URL")
-    if explicit is None and not asyncio.run(_reachable(DEFAULT_BROKER_URL, 1.0)):
+    problem = None if explicit is not None else asyncio.run(_unusable(DEFAULT_BROKER_URL, 1.0))
+    if problem is not None:
         broker = "memory://"
         err.print(
-            f"[yellow]No Redis answered at {DEFAULT_BROKER_URL}; running on the embedded memory:// broker "
+            f"[yellow]{escape(problem)} Running on the embedded memory:// broker instead "
             "(messages live only as long as this process).[/yellow]"
         )
     settings = _settings(
@@ -230,17 +235,11 @@ def up(
 
 
 async def _up(settings: Any, host: str, port_a: int, port_b: int) -> None:
-    from mqctl.connect import open_broker
     from mqctl.services import delivery, ingest
     from mqctl.services.server import Endpoint, serve
+    from mqctl.services.startup import broker_for, check_broker
 
-    broker = open_broker(
-        settings.broker_url,
-        max_backlog=settings.max_backlog,
-        max_message_bytes=settings.max_message_bytes,
-        retention=settings.retention,
-        publish_timeout_s=settings.publish_timeout_s,
-    )
+    broker = broker_for(settings)
     started = asyncio.Event()
 
     async def announce() -> None:
@@ -250,6 +249,7 @@ async def _up(settings: Any, host: str, port_a: int, port_b: int) -> None:
             f"Service A http://{host}:{port_a}/docs, Service B ws://{host}:{port_b}/ws "
             f"(viewer http://{host}:{port_b}/). Ctrl+C stops both."
         )
+        await check_broker(broker, "mqctl up")
 
     announcer = asyncio.create_task(announce())
     try:

@@ -146,9 +146,15 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
 
 @pytest.fixture
 def connect_broker(broker_url: BrokerURL) -> BrokerFactory:
-    """A factory: ``async with connect_broker(**options) as broker`` on this test's backend."""
+    """A factory: ``async with connect_broker(**options) as broker`` on this test's backend.
 
-    def connect(**options: Any) -> AbstractAsyncContextManager[mqctl.Broker]:
+    Its brokers create a durable group named ``default`` with each new topic, as the services
+    configure theirs (``default_group``), so a test may publish before it subscribes. With
+    ``library_defaults=True`` it uses mqctl's own defaults (no group made for you)."""
+
+    def connect(*, library_defaults: bool = False, **options: Any) -> AbstractAsyncContextManager[mqctl.Broker]:
+        if not library_defaults:
+            options.setdefault("default_group", "default")
         if broker_url.prefix is not None:
             return mqctl.connect(broker_url.url, prefix=broker_url.prefix, **options)
         return mqctl.connect(broker_url.url, **options)
@@ -158,6 +164,7 @@ def connect_broker(broker_url: BrokerURL) -> BrokerFactory:
 
 @pytest.fixture
 async def broker(connect_broker: BrokerFactory) -> AsyncIterator[mqctl.Broker]:
-    """A broker with the default options on this test's backend."""
+    """A broker with the default options on this test's backend (and a durable ``default`` group,
+    as ``connect_broker`` says)."""
     async with connect_broker() as connected:
         yield connected

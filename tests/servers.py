@@ -86,6 +86,18 @@ def free_port(*, also_offset: int | None = None) -> int:
     raise RuntimeError(f"Every loopback port outside the ephemeral range {low}-{high} is taken.")
 
 
+def non_loopback_address() -> str | None:
+    """An IPv4 address of this machine outside 127.0.0.0/8, or None. A client that connects to it is
+    not "local" to Redis's protected mode (the route still stays inside this machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # a UDP "connect" only picks the source address: nothing is sent
+        except OSError:
+            return None
+        address: str = probe.getsockname()[0]
+    return None if address.startswith("127.") else address
+
+
 def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
     """Return once ``predicate()`` is true; raise ``TimeoutError`` naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -148,7 +160,9 @@ class RedisServer:
     def log_path(self) -> Path:
         return Path(self.dir) / "redis.log"
 
-    def start(self, timeout_s: float = 10) -> RedisServer:
+    def start(self, timeout_s: float = 10, *, until: Callable[[], bool] | None = None) -> RedisServer:
+        """Start the server and wait until it answers PING (or ``until()`` is true); raise
+        ``ServerStartError`` with its log if it exits or does not get there within ``timeout_s``."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise ServerStartError(f"redis-server is not on PATH: {HOW_TO_GET_REDIS}.")
@@ -160,7 +174,7 @@ class RedisServer:
             args += ["--appendonly", "no"]
         self.process = subprocess.Popen([*args, *self.extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout_s
-        while not self.answers():
+        while not (until or self.answers)():
             if self.process.poll() is not None or time.monotonic() > deadline:
                 code = self.process.poll()
                 self.kill()
@@ -170,12 +184,20 @@ class RedisServer:
             time.sleep(0.02)
         return self
 
-    def answers(self) -> bool:
-        """True once the server answers PING (a server still loading its data answers -LOADING)."""
+    def listening(self) -> bool:
+        """True once the server accepts connections (whatever it then answers)."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                return True
+        except OSError:
+            return False
+
+    def answers(self, reply: bytes = b"+PONG") -> bool:
+        """True once the server answers PING with ``reply`` (still loading its data: -LOADING)."""
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
                 s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
+                return s.recv(16).startswith(reply)
         except OSError:
             return False
 

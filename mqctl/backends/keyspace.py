@@ -5,6 +5,7 @@ slot and every multi-key script (capacity check + add, idempotency + add, dead-l
 stays atomic there. Topic names may not contain braces (``check_name`` refuses them).
 
     <prefix>:topics                  set of topic names (not slot-bound; written once per topic)
+    <prefix>:probe                   written by a check that Redis takes writes (expires in 1 s)
     <prefix>:{<topic>}:stream        the topic's stream; its consumer groups are the groups
     <prefix>:{<topic>}:dead          dead letters (a stream of {id, m, group, reason, attempts})
     <prefix>:{<topic>}:created       set on the topic's first publish (creates the default group)
@@ -28,6 +29,9 @@ class Keyspace:
 
     def topics(self) -> str:
         return f"{self.prefix}:topics"
+
+    def probe(self) -> str:
+        return f"{self.prefix}:probe"
 
     def _tagged(self, topic: str) -> str:
         return f"{self.prefix}:{{{topic}}}"

@@ -385,7 +385,7 @@ class MemoryBackend:
             t.dead = [d for d in t.dead if d.letter.id not in wanted]
         return before - len(t.dead)
 
-    async def ping(self) -> None:
+    async def ping(self, *, write: bool = False) -> None:
         self._check_open()
 
     async def eviction_policy(self) -> str | None:

@@ -22,7 +22,7 @@ import redis.exceptions as rex
 from mqctl.backends import scripts
 from mqctl.backends.keyspace import DEFAULT_PREFIX, Keyspace
 from mqctl.core.backend import DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
-from mqctl.core.errors import BrokerOutOfMemory, BrokerUnavailable, ConfigError, QueueFull
+from mqctl.core.errors import BrokerOutOfMemory, BrokerRefused, BrokerUnavailable, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
 
@@ -121,27 +121,65 @@ class RedisBackend:
             raise BrokerUnavailable(
                 f"Redis at {self.display_url} did not answer within {timeout_s or self.command_timeout_s:g} s."
             ) from exc
-        except rex.AuthenticationError as exc:
-            raise BrokerUnavailable(
-                f"Redis at {self.display_url} refused the credentials: {exc}. Check the user and password in the URL."
-            ) from exc
-        except _NOT_NOW as exc:  # failover, resharding, a replica promoted mid-write: retry shortly
-            raise BrokerUnavailable(
-                f"Redis at {self.display_url} cannot serve this now ({type(exc).__name__}: {exc}); retry shortly."
-            ) from exc
-        except (rex.ConnectionError, rex.TimeoutError, OSError) as exc:
+        except rex.RedisError as exc:
+            mapped = self.refusal(exc)
+            if mapped is None:
+                raise
+            raise mapped from exc
+        except OSError as exc:
             raise BrokerUnavailable(f"Cannot reach Redis at {self.display_url}: {exc}.") from exc
-        except rex.ResponseError as exc:
-            text = str(exc)
-            # redis-py turns Redis's "OOM ..." reply into OutOfMemoryError and strips the "OOM".
-            if isinstance(exc, rex.OutOfMemoryError) or text.startswith("OOM"):
-                raise BrokerOutOfMemory(
-                    f"Redis at {self.display_url} is out of memory and refuses writes ({text}); "
-                    "free memory or raise maxmemory, then retry."
-                ) from exc
-            if text.startswith(("READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")):
-                raise BrokerUnavailable(f"Redis at {self.display_url} cannot take writes now: {text}.") from exc
-            raise
+
+    def refusal(self, exc: rex.RedisError) -> BrokerUnavailable | None:
+        """mqctl's error for a Redis error that says the store cannot or will not serve us, with what
+        Redis answered and what to do; None for an error of the command itself."""
+        at = f"Redis at {self.display_url}"
+        text = str(exc)
+        # redis-py strips the code of the errors it knows ("NOAUTH ...") and keeps the others' ("DENIED ...").
+        code = getattr(exc, "status_code", None) or text.partition(" ")[0]
+        said = text if text.startswith(code) else f"{code} {text}"
+        if isinstance(exc, rex.AuthenticationError):
+            return BrokerRefused(
+                f"{at} refused mqctl's credentials ({said}). Put the right user and password in the URL "
+                "(redis://USER:PASSWORD@HOST:PORT/DB, or rediss://...)."
+            )
+        if isinstance(exc, rex.NoPermissionError):
+            return BrokerRefused(
+                f"{at} refused a command to mqctl's ACL user ({said}). Grant it mqctl's keys and commands, e.g. "
+                "ACL SETUSER USER ~mqctl:* &* +@all (with the key prefix mqctl uses)."
+            )
+        if code == "DENIED":
+            return BrokerRefused(
+                f"{at} refuses clients from other hosts: it runs in protected mode without a password ({said}). "
+                "Give it a password (requirepass, or an ACL user) and put it in the URL, or start it with "
+                "--protected-mode no on a network only your services reach."
+            )
+        if code == "MISCONF":
+            return BrokerRefused(
+                f"{at} refuses writes because it cannot save to disk ({said}). Fix its disk or dir (see its log), "
+                "or, knowing what you give up, CONFIG SET stop-writes-on-bgsave-error no."
+            )
+        if "DB index is out of range" in text:
+            return BrokerRefused(
+                f"{at} has no such database ({said}). Use a database number below its 'databases' setting "
+                "(16 by default) in the URL, e.g. redis://HOST:PORT/0."
+            )
+        if isinstance(exc, rex.OutOfMemoryError) or code == "OOM":
+            return BrokerOutOfMemory(
+                f"{at} is out of memory and refuses writes ({said}); free memory or raise maxmemory, then retry."
+            )
+        if isinstance(exc, rex.BusyLoadingError) or code == "LOADING":
+            return BrokerUnavailable(f"{at} is loading its data into memory ({said}); it answers once done, retry.")
+        if isinstance(exc, rex.ReadOnlyError) or code == "READONLY":
+            return BrokerUnavailable(
+                f"{at} is a read-only replica ({said}): a failover in progress ends by itself; otherwise point the "
+                "URL at the master."
+            )
+        if isinstance(exc, _NOT_NOW) or code in ("MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN"):
+            # failover, resharding, a replica promoted mid-write: retry shortly
+            return BrokerUnavailable(f"{at} cannot serve this now ({type(exc).__name__}: {said}); retry shortly.")
+        if isinstance(exc, rex.ConnectionError | rex.TimeoutError):
+            return BrokerUnavailable(f"Cannot reach {at}: {exc}.")
+        return None
 
     # -- publishing ---------------------------------------------------------------
 
@@ -409,16 +447,18 @@ class RedisBackend:
                 return 0
             return int(await self.client.xdel(key, *ids))
 
-    async def ping(self) -> None:
+    async def ping(self, *, write: bool = False) -> None:
         async with self._errors():
             await self.client.ping()
+            if write:  # what refuses writes alone (a replica, a failing disk, maxmemory, an ACL) says so here
+                await self.client.set(self.keys.probe(), b"1", px=1000)
 
     async def eviction_policy(self) -> str | None:
-        try:
-            async with self._errors():
+        async with self._errors():
+            try:
                 reply = await self.client.config_get("maxmemory-policy")
-        except rex.ResponseError:  # an ACL user without CONFIG, or a service that renamed the command
-            return None
+            except rex.ResponseError:  # an ACL user without CONFIG, or a service that renamed the command
+                return None
         values = {_text(k): v for k, v in dict(reply or {}).items() if isinstance(k, bytes | str)}
         policy = values.get("maxmemory-policy")
         return _text(policy) if isinstance(policy, bytes | str) else None

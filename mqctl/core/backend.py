@@ -199,8 +199,9 @@ class Backend(Protocol):
         """Delete the given dead letters (``None``: all of the topic's); returns how many."""
         ...
 
-    async def ping(self) -> None:
-        """Return when the store answers; raise ``BrokerUnavailable`` otherwise."""
+    async def ping(self, *, write: bool = False) -> None:
+        """Return when the store answers (``write``: and would take a write now); raise
+        ``BrokerUnavailable`` (``BrokerRefused`` when it refuses us) otherwise."""
         ...
 
     async def eviction_policy(self) -> str | None:

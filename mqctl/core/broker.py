@@ -18,6 +18,7 @@ from mqctl.core.backend import Backend, DeadLetter, Limits, Outgoing, TopicStats
 from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import (
     BrokerOutOfMemory,
+    BrokerRefused,
     BrokerUnavailable,
     ConfigError,
     MessageTooLarge,
@@ -48,8 +49,11 @@ class BrokerOptions:
     publish_timeout_s: float = 5.0
     publish_retry: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=0.05, cap_s=1.0))
     redelivery: RetryPolicy = field(default_factory=lambda: RetryPolicy(base_s=1.0, cap_s=30.0))
-    default_group: str | None = DEFAULT_GROUP
-    """Created with each new topic, so messages wait for a consumer that comes later."""
+    default_group: str | None = None
+    """A group created with each new topic, reading from its start, so messages wait for a
+    consumer that comes later. None (the default): the library creates no group of its own
+    accord; a group keeps the messages published after it was created (``create_group``,
+    or ``subscribe(..., from_start=True)`` for what is still retained). The services set it."""
     idempotency_window_s: float = 3600.0
     max_batch: int = 1000
 
@@ -71,7 +75,8 @@ def _default_consumer_name() -> str:
 
 
 def _should_retry(exc: BaseException) -> bool:
-    return isinstance(exc, BrokerUnavailable) and not isinstance(exc, BrokerOutOfMemory)
+    """Retry what passes by itself (a restart, a failover), not what an operator must fix."""
+    return isinstance(exc, BrokerUnavailable) and not isinstance(exc, BrokerOutOfMemory | BrokerRefused)
 
 
 class Broker:
@@ -91,6 +96,7 @@ class Broker:
         )
         self._coalescers: dict[str, Coalescer[list[Outgoing], list[str]]] = {}
         self._sticky: dict[str, int] = {}
+        self._failing: dict[str, Exception] = {}  # a stream's last error while its publish is retried
         self._subscriptions: set[Subscription | Broadcast] = set()
 
     # -- publishing ---------------------------------------------------------------
@@ -115,7 +121,7 @@ class Broker:
         unit = [self._outgoing(message, idempotency_key)]
         n = self.partitioned.known(topic)
         if n == 1:  # the common case, kept as short as before partitions
-            return (await self._submitted(self._coalescer(topic), unit))[0]
+            return (await self._submitted(topic, unit))[0]
         # A retried publish must find its idempotency key where it stored it: the key picks too.
         return (await self._submit(topic, unit, key if key is not None else idempotency_key))[0]
 
@@ -130,7 +136,7 @@ class Broker:
         if not unit:
             return []
         if self.partitioned.known(topic) == 1:
-            return await self._submitted(self._coalescer(topic), unit)
+            return await self._submitted(topic, unit)
         return await self._submit(topic, unit, key)
 
     async def _submit(self, topic: str, unit: list[Outgoing], key: str | None) -> list[str]:
@@ -138,9 +144,9 @@ class Broker:
             raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
         n = self.partitioned.known(topic) or await self._count(topic)
         if n == 1:
-            return await self._submitted(self._coalescer(topic), unit)
+            return await self._submitted(topic, unit)
         p = pick(key, n) if key is not None else self._partition_for_unkeyed(topic, n)
-        ids = await self._submitted(self._coalescer(stream_name(topic, p, n), topic), unit)
+        ids = await self._submitted(stream_name(topic, p, n), unit, topic)
         return [join_id(p, i) for i in ids]
 
     def _partition_for_unkeyed(self, topic: str, n: int) -> int:
@@ -156,18 +162,21 @@ class Broker:
         p = self._sticky[topic] = self.partitioned.next_partition(topic, n)
         return p
 
-    async def _submitted(self, coalescer: Coalescer[list[Outgoing], list[str]], unit: list[Outgoing]) -> list[str]:
-        """``coalescer.submit(unit)`` within ``publish_timeout_s`` in all: the wait for an earlier
-        batch in flight counts too, or a publish could take twice its deadline when the broker hangs."""
+    async def _submitted(self, stream: str, unit: list[Outgoing], topic: str | None = None) -> list[str]:
+        """``unit`` stored on ``stream`` (a topic, or a partition of ``topic``) through its coalescer,
+        within ``publish_timeout_s`` in all: the wait for an earlier batch in flight counts too, or a
+        publish could take twice its deadline when the broker hangs."""
         try:
             # The coalescer keeps the deadline: one timer for all waiting publishes, not one each.
-            return await coalescer.submit(unit)
+            return await self._coalescer(stream, topic).submit(unit)
         except TimeoutError as exc:
             if isinstance(exc, PublishTimeout):
                 raise
             deadline_s = self.options.publish_timeout_s
+            failing = self._failing.get(stream)
+            said = f" Its last answer: {failing}" if failing is not None else " It may be overloaded or unreachable."
             raise PublishTimeout(
-                f"The broker did not answer within {deadline_s:g} s; it may be overloaded or unreachable. "
+                f"The broker did not take the message within {deadline_s:g} s.{said} "
                 "The message may or may not be stored (use an idempotency key to retry safely)."
             ) from exc
 
@@ -195,8 +204,8 @@ class Broker:
                 f"Topic {topic!r} already exists with {n} partition(s), not {partitions}; the count is fixed "
                 "when a topic is first used. Use another topic name, or keep the count it has."
             )
-        if n > 1:
-            await self.partitioned.create_group(topic, self.options.default_group or DEFAULT_GROUP, from_start=True)
+        if n > 1 and self.options.default_group is not None:
+            await self.partitioned.create_group(topic, self.options.default_group, from_start=True)
         return n
 
     def _outgoing(self, message: Message | Mapping[str, Any], key: str | None) -> Outgoing:
@@ -223,13 +232,22 @@ class Broker:
             )
         return coalescer
 
-    async def _add(self, topic: str, units: Sequence[Sequence[Outgoing]]) -> list[list[str] | QueueFull]:
-        return await retry_call(
-            lambda: self.backend.add(topic, units, self._limits),
-            policy=self.options.publish_retry,
-            deadline_s=self.options.publish_timeout_s,
-            should_retry=_should_retry,
-        )
+    async def _add(self, stream: str, units: Sequence[Sequence[Outgoing]]) -> list[list[str] | QueueFull]:
+        def should_retry(exc: Exception) -> bool:
+            if not _should_retry(exc):
+                return False
+            self._failing[stream] = exc  # what a publish that times out meanwhile is told
+            return True
+
+        try:
+            return await retry_call(
+                lambda: self.backend.add(stream, units, self._limits),
+                policy=self.options.publish_retry,
+                deadline_s=self.options.publish_timeout_s,
+                should_retry=should_retry,
+            )
+        finally:
+            self._failing.pop(stream, None)
 
     # -- consuming ----------------------------------------------------------------
 
@@ -354,9 +372,10 @@ class Broker:
         """Delete every dead letter of ``topic``; returns how many there were."""
         return await self.partitioned.remove_dead_letters(check_name("topic", topic), None)
 
-    async def ping(self) -> None:
-        """Return when the broker answers; raise ``BrokerUnavailable`` otherwise."""
-        await self.backend.ping()
+    async def ping(self, *, write: bool = False) -> None:
+        """Return when the broker answers (``write=True``: and would take a publish now); raise
+        ``BrokerUnavailable``, or ``BrokerRefused`` saying why the broker refuses us, otherwise."""
+        await self.backend.ping(write=write)
 
     async def eviction_policy(self) -> str | None:
         """Redis's ``maxmemory-policy`` (None for ``memory://``, or when the user may not read it).

@@ -7,7 +7,8 @@
     ├── QueueFull                the topic's backlog is at max_backlog
     ├── BrokerUnavailable        the broker cannot be reached (after retries)
     │   ├── PublishTimeout       the publish deadline passed before the broker answered
-    │   └── BrokerOutOfMemory    the broker refuses writes (Redis maxmemory + noeviction)
+    │   ├── BrokerOutOfMemory    the broker refuses writes (Redis maxmemory + noeviction)
+    │   └── BrokerRefused        the broker answers but refuses mqctl until an operator acts
     ├── UnknownMessage           an id that is not pending / not a dead letter
     ├── SubscriptionClosed       iterating or acking on a closed subscription
     └── ServiceError             Service A or B answered with an error (the clients)
@@ -70,6 +71,12 @@ class PublishTimeout(BrokerUnavailable, TimeoutError):
 
 class BrokerOutOfMemory(BrokerUnavailable):
     """The broker refuses writes because it is out of memory."""
+
+
+class BrokerRefused(BrokerUnavailable):
+    """The broker answers but refuses mqctl: credentials, permissions or its own configuration
+    (protected mode, a failing disk, a database it does not have). Retrying will not help;
+    the message says what the broker answered and what to change."""
 
 
 class UnknownMessage(MQError, KeyError):

@@ -431,8 +431,8 @@ class Partitioned:
             )
         return sum(removed)
 
-    async def ping(self) -> None:
-        await self.backend.ping()
+    async def ping(self, *, write: bool = False) -> None:
+        await self.backend.ping(write=write)
 
     async def aclose(self) -> None:
         pending = [t for reads in self._group_reads.values() for t in reads.values()]

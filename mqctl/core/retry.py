@@ -65,6 +65,7 @@ async def retry_call(
     """
     end = clock() + deadline_s
     failures = 0
+    last: Exception | None = None
     while True:
         bound = asyncio.timeout(max(end - clock(), 0.001))
         try:
@@ -72,11 +73,11 @@ async def retry_call(
                 return await call()
         except Exception as exc:
             if bound.expired():
-                raise PublishTimeout(
-                    f"The broker did not answer within {deadline_s:g} s; it may be overloaded or unreachable."
-                ) from exc
+                said = f"; its last answer: {last}" if last is not None else "; it may be overloaded or unreachable."
+                raise PublishTimeout(f"The broker did not answer within {deadline_s:g} s{said}") from exc
             if not should_retry(exc):
                 raise
+            last = exc
             failures += 1
             wait = policy.delay_s(failures)
             if clock() + wait >= end:

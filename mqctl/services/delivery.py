@@ -87,7 +87,6 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.datastructures import QueryParams
 
 from mqctl.config import Settings
-from mqctl.connect import open_broker
 from mqctl.core.broker import Broker
 from mqctl.core.errors import ConfigError, MQError
 from mqctl.core.filters import All, Filter, by_header, by_type
@@ -101,9 +100,9 @@ from mqctl.services.connection import (
     close_reason,
     error_frame,
 )
-from mqctl.services.eviction import warn_if_evicting
 from mqctl.services.hub import Hub
 from mqctl.services.metrics import DeliveryMetrics, Observe, add_metrics_route
+from mqctl.services.startup import broker_for, check_broker
 
 log = logging.getLogger(__name__)
 
@@ -260,20 +259,17 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         owned = broker is None
-        active = broker or open_broker(
-            settings.broker_url,
-            max_backlog=settings.max_backlog,
-            max_message_bytes=settings.max_message_bytes,
-            retention=settings.retention,
-        )
+        active = broker or broker_for(settings)
         runtime.broker, runtime.hub = active, Hub(active, settings, metrics=metrics)
         metrics.broker_gauges.broker = active
         app.state.delivery = runtime.hub
-        check = asyncio.create_task(warn_if_evicting(active, "Service B"))  # in the background: Redis may be down
+        # In the background (Redis may be down); `mqctl up` checks the broker it shares itself.
+        check = asyncio.create_task(check_broker(active, "Service B")) if owned else None
         try:
             yield
         finally:
-            check.cancel()
+            if check is not None:
+                check.cancel()
             metrics.broker_gauges.broker = None
             hub, runtime.hub = runtime.hub, None
             try:

@@ -24,6 +24,7 @@ A 202 means the broker has stored the message. Every error is JSON
     503     queue_full            the topic's backlog is at ``max_backlog``; ``Retry-After`` set
     503     broker_out_of_memory  Redis refuses writes; ``Retry-After`` set
     503     broker_unavailable    the broker did not answer in time; ``Retry-After`` set
+    503     broker_refused        the broker answers but refuses (credentials, ACL, protected mode...)
     500     internal_error        anything else; logged with its traceback, never shown
 
 The two POST endpoints are served by plain Starlette routes (``mqctl.services.publishing``);
@@ -51,7 +52,6 @@ from starlette.routing import Route
 
 from mqctl import __version__
 from mqctl.config import Settings
-from mqctl.connect import open_broker
 from mqctl.core.broker import Broker
 from mqctl.core.errors import MQError
 from mqctl.core.names import check_name
@@ -65,7 +65,6 @@ from mqctl.services.bodies import (
     PublishRequest,
     Ready,
 )
-from mqctl.services.eviction import warn_if_evicting
 from mqctl.services.guard import MAX_HEADER_BYTES, MAX_HEADERS, Guard
 from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route
 from mqctl.services.problems import (
@@ -85,6 +84,7 @@ from mqctl.services.publishing import (
     broker_of,
     idempotency_key,
 )
+from mqctl.services.startup import broker_for, check_broker
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,8 @@ _PUBLISH_ERRORS: dict[int | str, dict[str, Any]] = {
     ),
     500: _error_doc("`internal_error`: an unexpected error, logged by the service."),
     503: _error_doc(
-        "`queue_full`, `broker_out_of_memory` or `broker_unavailable`: retry after `Retry-After` seconds.",
+        "`queue_full`, `broker_out_of_memory`, `broker_unavailable` or `broker_refused` (an operator must act "
+        "on the broker): retry after `Retry-After` seconds.",
         retry_after=True,
     ),
 }
@@ -188,21 +189,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         if broker is not None:
             yield
             return
-        owned = open_broker(
-            settings.broker_url,
-            max_backlog=settings.max_backlog,
-            max_message_bytes=settings.max_message_bytes,
-            retention=settings.retention,
-            publish_timeout_s=settings.publish_timeout_s,
-            **(
-                {"min_replicas": settings.replicas, "replica_timeout_s": settings.replica_timeout_s}
-                if settings.replicas
-                else {}
-            ),
-        )
+        owned = broker_for(settings)
         app.state.broker = metrics.broker_gauges.broker = owned
         log.info("Service A publishing to %s, default topic %r", redact(settings.broker_url), default_topic)
-        check = asyncio.create_task(warn_if_evicting(owned, "Service A"))  # in the background: Redis may be down
+        check = asyncio.create_task(check_broker(owned, "Service A"))  # in the background: Redis may be down
         try:
             yield
         finally:
@@ -302,10 +292,10 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
         responses={503: {"model": NotReady, "description": "The broker does not answer."}},
     )
     async def ready(broker: Annotated[Broker, Depends(_broker)]) -> Ready | JSONResponse:
-        """Answers 200 when the broker answers a ping, 503 with the reason otherwise."""
+        """Answers 200 when the broker answers and takes writes, 503 with the reason otherwise."""
         try:
             async with asyncio.timeout(settings.publish_timeout_s):
-                await broker.ping()
+                await broker.ping(write=True)
         except TimeoutError:
             reason = f"The broker did not answer a ping within {settings.publish_timeout_s:g} s."
         except MQError as exc:

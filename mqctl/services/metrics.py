@@ -82,6 +82,7 @@ REJECTION_REASONS: dict[str, str] = {
     "queue_full": "capacity",
     "broker_unavailable": "broker_down",
     "broker_out_of_memory": "broker_down",
+    "broker_refused": "broker_down",
     "unauthorized": "unauthorized",
     "internal_error": "internal_error",
 }

@@ -18,6 +18,7 @@ from starlette.responses import JSONResponse
 from mqctl.config import Settings
 from mqctl.core.errors import (
     BrokerOutOfMemory,
+    BrokerRefused,
     BrokerUnavailable,
     ConfigError,
     InvalidMessage,
@@ -100,6 +101,8 @@ def broker_problem(exc: MQError) -> Problem | None:
         return Problem(503, "queue_full", str(exc), retry_after_s=exc.retry_after_s)
     if isinstance(exc, BrokerOutOfMemory):
         return Problem(503, "broker_out_of_memory", str(exc), retry_after_s=exc.retry_after_s)
+    if isinstance(exc, BrokerRefused):
+        return Problem(503, "broker_refused", str(exc), retry_after_s=exc.retry_after_s)
     if isinstance(exc, BrokerUnavailable):  # PublishTimeout included
         return Problem(503, "broker_unavailable", str(exc), retry_after_s=exc.retry_after_s)
     return None

@@ -6,7 +6,7 @@ import pytest
 
 import mqctl
 from tests.conftest import BrokerFactory
-from tests.contract.consuming import take
+from tests.contract.consuming import eventually, take
 
 
 async def test_publish_beyond_max_backlog_raises_queue_full(connect_broker: BrokerFactory) -> None:
@@ -91,3 +91,24 @@ async def test_duplicate_publish_at_capacity_returns_the_stored_id(connect_broke
         assert await broker.publish("orders", {"type": "a"}, idempotency_key="k") == first
         with pytest.raises(mqctl.QueueFull):
             await broker.publish("orders", {"type": "a"}, idempotency_key="other")
+
+
+async def test_a_group_nobody_uses_never_refuses_a_publish(connect_broker: BrokerFactory) -> None:
+    """With the library's defaults, a user whose one group keeps up is never refused: no group
+    is made for them that nobody reads (it held every message and refused the 6th)."""
+    async with (
+        connect_broker(library_defaults=True, max_backlog=5) as broker,
+        broker.subscribe("orders", group="billing", poll_interval=0.1) as sub,
+    ):
+        for round_ in range(3):
+            await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(5)])
+            for delivery in await take(sub, 5):
+                await delivery.ack()
+            await eventually(lambda: _backlog_is(broker, "orders", 0), what=f"round {round_} acknowledged")
+        stats = await broker.stats("orders")
+        assert [g.name for g in stats.groups] == ["billing"]
+        assert stats.length == 15
+
+
+async def _backlog_is(broker: mqctl.Broker, topic: str, count: int) -> bool:
+    return (await broker.stats(topic)).backlog == count

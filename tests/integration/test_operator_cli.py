@@ -28,7 +28,7 @@ def mqctl_cli(*args: str, input: str | None = None) -> Any:
 
 async def dead_letters(url: str, topic: str, contents: list[str]) -> list[str]:
     """Publish ``contents`` on ``topic`` and nack each on its last attempt: they become dead letters."""
-    async with mqctl.connect(url) as broker:
+    async with mqctl.connect(url, default_group="default") as broker:  # as the services connect
         for content in contents:
             await broker.publish(topic, {"type": "job.run", "content": content, "headers": {"from": "test"}})
         async with broker.subscribe(topic, group="default", max_attempts=1, poll_interval=0.1) as sub:
@@ -45,7 +45,7 @@ def test_stats_table_and_json_show_each_topic_and_group(redis_server: RedisServe
     """stats shows length, backlog, pending, oldest pending age, consumers and dead letters per group."""
 
     async def seed() -> None:
-        async with mqctl.connect(redis_server.url) as broker:
+        async with mqctl.connect(redis_server.url, default_group="default") as broker:
             for i in range(3):
                 await broker.publish("orders", {"type": "order", "content": i})
             await broker.publish("emails", {"type": "email", "content": "hi"})
@@ -131,7 +131,7 @@ def test_dlq_list_show_and_replay_bring_a_dead_letter_back_to_a_consumer(redis_s
 
     async def consume() -> tuple[str, Any, int]:
         async with (
-            mqctl.connect(redis_server.url) as broker,
+            mqctl.connect(redis_server.url, default_group="default") as broker,
             broker.subscribe("jobs", group="default", poll_interval=0.1) as sub,
         ):
             async with asyncio.timeout(10):

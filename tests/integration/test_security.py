@@ -117,8 +117,8 @@ async def test_acl_user_in_the_url(acl_server: RedisServer) -> None:
     """A Redis ACL user and password in the URL work for publish, consume and stats."""
     url = f"redis://mq:pa55-word@127.0.0.1:{acl_server.port}/0"
     async with mqctl.connect(url) as broker:
-        message_id = await broker.publish("orders", {"type": "t", "content": 1})
         async with broker.subscribe("orders", poll_interval=0.1) as sub:
+            message_id = await broker.publish("orders", {"type": "t", "content": 1})
             async for delivery in sub:
                 assert delivery.id == message_id
                 await delivery.ack()

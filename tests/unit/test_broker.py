@@ -106,7 +106,7 @@ async def test_publish_after_an_error_works() -> None:
 async def test_queue_full_fails_only_the_unit_that_does_not_fit() -> None:
     """In one coalesced batch, a unit refused with QueueFull fails its own caller; earlier units are stored."""
     backend = Scripted()
-    async with broker_over(backend, max_backlog=2) as broker:
+    async with broker_over(backend, max_backlog=2, default_group="default") as broker:
         results = await asyncio.gather(
             broker.publish("orders", {"type": "a"}),
             broker.publish_many("orders", [{"type": "b"}, {"type": "c"}]),

@@ -23,6 +23,7 @@ from mqctl.config import Settings
 from mqctl.core.message import decode
 from mqctl.services.bodies import BatchRequest, PublishRequest
 from mqctl.services.ingest import create_app
+from mqctl.services.startup import broker_for
 
 TOPIC = "orders"
 ERROR_KEYS = {"error", "detail"}
@@ -49,7 +50,10 @@ async def client_for(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def broker() -> AsyncIterator[mqctl.Broker]:
-    connected = mqctl.open_broker(f"memory://test-{uuid.uuid4().hex}", max_backlog=100, max_message_bytes=512)
+    """Service A's broker (``broker_for``) on a fresh memory store, with small limits."""
+    connected = broker_for(
+        make_settings(broker_url=f"memory://test-{uuid.uuid4().hex}", max_backlog=100, max_message_bytes=512)
+    )
     yield connected
     await connected.aclose()
 
@@ -93,7 +97,7 @@ class FlakyBackend:
         self._check()
         return await self.inner.add(*args, **kwargs)
 
-    async def ping(self) -> None:
+    async def ping(self, *, write: bool = False) -> None:
         self._check()
         await self.inner.ping()
 
@@ -445,7 +449,7 @@ async def test_message_over_broker_limit_is_a_413(client: httpx.AsyncClient, bro
 
 async def test_queue_full_is_a_503_with_retry_after(broker: mqctl.Broker) -> None:
     """A topic at max_backlog answers 503 queue_full with an integer Retry-After."""
-    full = mqctl.open_broker(f"memory://test-{uuid.uuid4().hex}", max_backlog=1)
+    full = broker_for(make_settings(broker_url=f"memory://test-{uuid.uuid4().hex}", max_backlog=1))
     try:
         async with client_for(create_app(make_settings(), broker=full)) as client:
             assert (await client.post("/messages", json={"type": "t", "content": 1})).status_code == 202

@@ -23,6 +23,7 @@ import mqctl
 from mqctl.config import Settings
 from mqctl.services import delivery, ingest
 from mqctl.services.metrics import BrokerGauges, DeliveryMetrics
+from mqctl.services.startup import broker_for
 from tests.scrape import has, sample
 
 
@@ -32,7 +33,8 @@ def _url() -> str:
 
 @pytest.fixture
 async def broker() -> AsyncIterator[mqctl.Broker]:
-    broker = mqctl.open_broker(_url(), max_backlog=3, max_message_bytes=200, publish_timeout_s=0.3)
+    """The services' broker (``broker_for``) on a fresh memory store, with small limits."""
+    broker = broker_for(Settings(broker_url=_url(), max_backlog=3, max_message_bytes=200, publish_timeout_s=0.3))
     yield broker
     await broker.aclose()
 
