@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -35,8 +34,6 @@ from mqctl.core.message import Message, decode
 
 T = TypeVar("T")
 
-
-_ID = re.compile(r"\d{1,20}-\d{1,20}")
 
 BrokerOpt = Annotated[
     str,
@@ -64,8 +61,10 @@ def _json_line(value: Any) -> None:
 
 
 def _message_id(value: str) -> str:
-    if not _ID.fullmatch(value):
-        raise typer.BadParameter(f"{value!r} is not a message id like '1718000000000-0'.")
+    # Ids are the broker's own (``1718000000000-0``, ``2:1718000000000-0`` on a partitioned topic):
+    # one that names no dead letter is told so by the lookup, with the command that lists them.
+    if not value.strip():
+        raise typer.BadParameter("A dead letter's id is needed; see: mqctl dlq list TOPIC.")
     return value
 
 

@@ -30,8 +30,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from mqctl.core.backend import Backend, DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
-from mqctl.core.errors import ConfigError, QueueFull
+from mqctl.core.backend import Backend, DeadLetter, Entry, GroupStats, TopicStats
+from mqctl.core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -172,27 +172,6 @@ class Partitioned:
         return p % n
 
     # -- the Backend protocol ----------------------------------------------------------
-
-    async def add(self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits) -> list[list[str] | QueueFull]:
-        n = 1 if SEPARATOR in topic else await self.count(topic)
-        if n == 1:
-            return await self.backend.add(topic, units, limits)
-        by_partition: dict[int, list[int]] = {}
-        for index in range(len(units)):
-            by_partition.setdefault(self.next_partition(topic, n), []).append(index)
-        results: list[list[str] | QueueFull] = [[] for _ in units]
-
-        async def add_to(p: int, indexes: list[int]) -> None:
-            replies = await self.backend.add(stream_name(topic, p, n), [units[i] for i in indexes], limits)
-            for i, reply in zip(indexes, replies, strict=True):
-                results[i] = (
-                    QueueFull(topic, reply.backlog, reply.max_backlog)
-                    if isinstance(reply, QueueFull)
-                    else [join_id(p, r) for r in reply]
-                )
-
-        await asyncio.gather(*(add_to(p, ix) for p, ix in by_partition.items()))
-        return results
 
     async def partitions(self, topic: str, *, create: int | None = None) -> int:
         return await self.backend.partitions(topic, create=create)

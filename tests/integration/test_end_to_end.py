@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.integration.conftest import Service
-from tests.servers import RedisServer, wait_for
+from tests.integration.conftest import Service, healthy
+from tests.servers import RedisServer, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -203,3 +205,52 @@ def test_sigterm_stops_services_cleanly(system: tuple[Service, Service]) -> None
         assert code == 0, service.log()
         assert time.monotonic() - t0 < 8
         wait_for(lambda s=service: s.process.poll() is not None, 1, "exit")
+
+
+def _up(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str, str, Path]:
+    """``mqctl up`` on free ports, ready once both services answer /health."""
+    port_a, port_b = free_port(), free_port()
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mqctl", "up", "--port-a", str(port_a), "--port-b", str(port_b), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
+        )
+    a, b = f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    try:
+        wait_for(lambda: (healthy(a) and healthy(b)) or process.poll() is not None, 20, "mqctl up")
+    except TimeoutError:
+        stop_process(process)
+        raise AssertionError(f"mqctl up did not start:\n{log_path.read_text()}") from None
+    assert process.poll() is None, log_path.read_text()
+    return process, a, b, log_path
+
+
+async def test_up_runs_both_services_on_redis(redis_server: RedisServer, tmp_path: Path) -> None:
+    """mqctl up (the README's main job) on a Redis: a message posted to A reaches a client of B."""
+    process, a, b, _ = _up(tmp_path, env={"MQCTL_BROKER_URL": redis_server.url})
+    try:
+        async with connect(b.replace("http", "ws") + "/ws?topic=t&group=g") as ws:
+            await subscribed(ws)
+            async with httpx.AsyncClient() as client:
+                posted = await client.post(f"{a}/messages", json={"topic": "t", "type": "x", "content": 1})
+            assert posted.status_code == 202, posted.text
+            [frame] = await frames(ws, 1)
+            assert frame["id"] == posted.json()["id"] and frame["content"] == 1
+    finally:
+        assert stop_process(process) == 0
+
+
+def test_up_honours_mqctl_replicas(redis_server: RedisServer, tmp_path: Path) -> None:
+    """With MQCTL_REPLICAS=1 and a Redis that has no replica, mqctl up refuses the publish with a
+    503 that says so (it ignored the setting and answered 202 before)."""
+    env = {"MQCTL_BROKER_URL": redis_server.url, "MQCTL_REPLICAS": "1", "MQCTL_REPLICA_TIMEOUT_S": "0.2"}
+    process, a, _, _ = _up(tmp_path, env=env)
+    try:
+        posted = httpx.post(f"{a}/messages", json={"type": "x", "content": 1}, timeout=10)
+        assert posted.status_code == 503, posted.text
+        assert posted.json()["error"] == "broker_unavailable" and "replica" in posted.json()["detail"]
+    finally:
+        stop_process(process)

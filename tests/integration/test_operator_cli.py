@@ -163,7 +163,28 @@ def test_dlq_refuses_unknown_ids_and_a_missing_choice(redis_server: RedisServer)
     missing = mqctl_cli("dlq", "show", "jobs", "1-0", "--broker", redis_server.url)
     assert missing.exit_code == 1 and "No dead letter '1-0'" in missing.stderr
     malformed = mqctl_cli("dlq", "show", "jobs", "not-an-id", "--broker", redis_server.url)
-    assert malformed.exit_code == 2 and "not a message id" in malformed.stderr
+    assert malformed.exit_code == 1 and "No dead letter 'not-an-id'" in malformed.stderr
+
+
+def test_dlq_show_and_replay_take_the_ids_of_a_partitioned_topic(redis_server: RedisServer) -> None:
+    """On a topic of partitions, dead letters' ids name their partition (p:ms-seq): show and
+    replay --id take them (they refused anything but ms-seq before)."""
+
+    async def partitioned() -> None:
+        async with mqctl.connect(redis_server.url, default_group="default") as broker:
+            await broker.create_topic("jobs", partitions=2)
+
+    asyncio.run(partitioned())
+    letters = asyncio.run(dead_letters(redis_server.url, "jobs", ["a", "b", "c", "d"]))
+    assert all(":" in letter for letter in letters), letters
+    for letter in letters:
+        shown = mqctl_cli("dlq", "show", "jobs", letter, "--json", "--broker", redis_server.url)
+        assert shown.exit_code == 0 and json.loads(shown.stdout)["id"] == letter, shown.stderr
+    replayed = mqctl_cli("dlq", "replay", "jobs", "--id", letters[0], "--id", letters[-1], "--broker", redis_server.url)
+    assert replayed.exit_code == 0, replayed.stderr
+    assert len(replayed.stdout.split()) == 2
+    left = json.loads(mqctl_cli("dlq", "list", "jobs", "--json", "--broker", redis_server.url).stdout)
+    assert sorted(d["id"] for d in left) == sorted(letters[1:-1])
 
 
 def test_dlq_purge_asks_before_deleting(redis_server: RedisServer) -> None:
