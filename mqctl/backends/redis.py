@@ -110,6 +110,7 @@ class RedisBackend:
         self._ack = client.register_script(scripts.ACK)
         client.set_response_callback("XREADGROUP", _keep_reply)
         self._registered: set[str] = set()
+        self._read_to: dict[tuple[str, str], str] = {}  # (stream, group): the last id read, for _recreate_group
 
     @contextlib.asynccontextmanager
     async def _errors(self, timeout_s: float | None = None) -> AsyncIterator[None]:
@@ -294,10 +295,27 @@ class RedisBackend:
             except rex.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
-                log.warning("Group %r of topic %r was missing; recreating it from now on.", group, topic)
-                await self.create_group(topic, group, from_start=False)
+                await self._recreate_group(topic, stream, group)
                 return []
-        return _entries(reply)
+        entries = _entries(reply)
+        if entries:
+            self._read_to[stream, group] = entries[-1].id
+        return entries
+
+    async def _recreate_group(self, topic: str, stream: str, group: str) -> None:
+        """A group that vanished (a failover to a replica that had not received it yet, or deleted
+        by hand) is created again right after the last entry this process read for it, if the
+        stream still holds that entry, and from the stream's start if not: the history we knew is
+        gone (a new master that never got it), so everything the stream holds is new to the group.
+        Some messages may come twice; none published since is skipped, as "from now" would."""
+        last = self._read_to.get((stream, group))
+        at = last if last is not None and await self.client.xrange(stream, min=last, max=last, count=1) else "0"
+        try:
+            await self.client.xgroup_create(stream, group, id=at, mkstream=True)
+        except rex.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):  # another consumer recreated it first
+                raise
+        log.warning("Group %r of topic %r was missing; created it again after %s.", group, topic, at)
 
     async def reclaim(
         self,

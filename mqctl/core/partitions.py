@@ -116,6 +116,20 @@ def parse_cursor(value: str, partitions: int) -> list[str]:
     return [named.get(p, fallback) for p in range(partitions)]
 
 
+def _gap(after: str, first_id: str | None, last_id: str) -> str | None:
+    """Why one stream's history after ``after`` is incomplete, or None."""
+    if first_id is not None and _id_key(after) < _id_key(first_id):
+        return f"the oldest message still retained is {first_id!r}. Resuming from there."
+    if _id_key(after) > _id_key(last_id):
+        # Trimming always keeps the newest message: a position past it means the topic was
+        # deleted (or emptied) by hand since, and what followed that position went with it.
+        return (
+            f"the topic holds nothing that recent (its newest message is {last_id!r}): it was deleted or "
+            "emptied since. Resuming with its next message."
+        )
+    return None
+
+
 def format_cursor(ids: Sequence[str]) -> str:
     return ",".join(join_id(p, raw) for p, raw in enumerate(ids))
 
@@ -333,6 +347,28 @@ class Partitioned:
         if n == 1:
             return await self.backend.last_id(topic)
         return format_cursor(await asyncio.gather(*(self.backend.last_id(s) for s in self.streams(topic, n))))
+
+    async def history_gap(self, topic: str, after_id: str) -> tuple[str, str | None] | None:
+        """Why a broadcast resuming after ``after_id`` may miss messages, with the oldest position still
+        retained, or None when nothing it follows is gone. ``"0"``/``"0-0"`` asks for all that is kept."""
+        if after_id in ("0", "0-0"):
+            return None
+        n = await self.count(topic)
+        if n == 1:
+            stats = await self.backend.stats(topic)
+            gap = _gap(after_id, stats.first_id, stats.last_id)
+            return None if gap is None else (f"Messages after {after_id!r} may be lost: {gap}", stats.first_id)
+        cursor = parse_cursor(after_id, n)
+        parts = await asyncio.gather(*(self.backend.stats(s) for s in self.streams(topic, n)))
+        gaps = [
+            f"partition {p}: {gap}"
+            for p, (after, part) in enumerate(zip(cursor, parts, strict=True))
+            if (gap := _gap(after, part.first_id, part.last_id)) is not None
+        ]
+        if not gaps:
+            return None
+        first = format_cursor([part.first_id or "0-0" for part in parts])
+        return f"Messages after {after_id!r} may be lost, in {'; in '.join(gaps)}", first
 
     async def position(self, topic: str, last_id: str | None) -> str:
         """A broadcast's starting position: now (``last_id`` None), or ``last_id`` as a full cursor."""

@@ -284,33 +284,14 @@ class BroadcastPump(_Pump):
         """
         connection.held = []
         self.attach(connection)
+        gap = await self._patiently(lambda: self.broker.partitioned.history_gap(self.topic, last_id), connection)
+        if gap is not None:
+            detail, first_id = gap
+            connection.push(dumps({"event": "history_lost", "detail": detail, "first_id": first_id}), force=True)
         partitions = await self._patiently(lambda: self.broker.partitioned.count(self.topic), connection)
         if partitions > 1:
             await self._resume_partitions(connection, parse_cursor(last_id, partitions))
             return
-        if last_id not in ("0", "0-0"):  # "0-0" asks for everything retained: nothing is lost
-            stats = await self._patiently(lambda: self.broker.stats(self.topic), connection)
-            lost = None
-            if stats.first_id is not None and id_key(last_id) < id_key(stats.first_id):
-                lost = f"the oldest message still retained is {stats.first_id!r}. Resuming from there."
-            elif id_key(last_id) > id_key(stats.last_id):
-                # Trimming always keeps the newest message: a position past it means the topic was
-                # deleted (or emptied) by hand since, and what followed that position went with it.
-                lost = (
-                    f"the topic holds nothing that recent (its newest message is {stats.last_id!r}): it was "
-                    "deleted or emptied since. Resuming with its next message."
-                )
-            if lost is not None:
-                connection.push(
-                    dumps(
-                        {
-                            "event": "history_lost",
-                            "detail": f"Messages after {last_id!r} may be lost: {lost}",
-                            "first_id": stats.first_id,
-                        }
-                    ),
-                    force=True,
-                )
         cursor = last_id
         while True:
             read = functools.partial(

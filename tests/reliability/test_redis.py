@@ -230,7 +230,7 @@ async def test_stream_and_group_deleted_by_hand(redis_server: RedisServer, start
     def group_exists() -> bool:
         return any(g["name"] == b"workers" for g in client.xinfo_groups(stream)) if client.exists(stream) else False
 
-    # 1. The group is destroyed: B's reader recreates it (from "now") by itself.
+    # 1. The group is destroyed: B's reader recreates it (after the last message it read) by itself.
     client.xgroup_destroy(stream, "workers")
     t0 = time.monotonic()
     await wait_until(group_exists, 20, "Service B to recreate the group")

@@ -402,6 +402,29 @@ def test_resume_from_past_the_newest_message_says_history_was_lost(service: Serv
         assert receive(ws)["id"] == after
 
 
+def test_a_partitioned_resume_from_before_what_is_retained_says_history_was_lost(service: Service) -> None:
+    """On a topic of 2 partitions, a last_id older than what one partition retains gets history_lost
+    naming that partition (a partitioned resume said nothing before), then what is retained."""
+    assert service.client.portal is not None
+    trimming = mqctl.open_broker(service.settings.broker_url, retention=2, default_group=None)
+    try:
+        service.client.portal.call(lambda: trimming.create_topic(service.settings.topic, partitions=2))
+        ids = [service.publish("old", i, broker=trimming) for i in range(8)]  # 4 a partition, 2 kept
+        assert {i.split(":")[0] for i in ids} == {"0", "1"}
+        with service.connect(f"mode=broadcast&last_id={ids[0]}") as ws:
+            subscribed(ws)
+            lost = receive(ws)
+            assert lost["event"] == "history_lost" and ids[0] in lost["detail"], lost
+            assert "partition 0" in lost["detail"] and "partition 1" in lost["detail"], lost
+            assert lost["first_id"] == service.stats().first_id
+            assert sorted(receive(ws)["id"] for _ in range(4)) == sorted(ids[4:])
+        with service.connect("mode=broadcast&last_id=0-0") as ws:  # "everything retained": nothing lost
+            subscribed(ws)
+            assert "id" in receive(ws)
+    finally:
+        service.client.portal.call(trimming.aclose)
+
+
 # -- what clients get wrong -------------------------------------------------------
 
 
