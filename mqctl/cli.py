@@ -560,6 +560,8 @@ def _print_report(report: Any) -> None:
     ]
     if report.ceiling_rps is not None:
         rows.append(("generator ceiling (GET /health)", f"{report.ceiling_rps:,.0f} req/s"))
+    if report.listener_reconnects:
+        rows.append(("listener reconnects (Service B went away)", f"{report.listener_reconnects:,}"))
     for name, value in rows:
         table.add_row(name, value)
     out.print(table)

@@ -30,6 +30,7 @@ import orjson
 
 from mqctl.clients.http import HttpConnection, Origin
 from mqctl.core.errors import BrokerUnavailable, MQError
+from mqctl.core.retry import RetryPolicy, retry_call
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,8 @@ class Report:
     accepted_per_s: float
     latency_ms: dict[str, float]
     ceiling_rps: float | None = None
+    listener_reconnects: int = 0
+    """Times a listener lost Service B (restarted, killed) and connected again."""
     """The load generator's own request rate against a bare endpoint (GET /health), with the
     same workers on the same connections."""
     lost_ids: list[int] = field(default_factory=list)
@@ -110,6 +113,7 @@ class _Run:
         self.received: dict[int, float] = {}
         self.frames = 0
         self.out_of_order = 0
+        self.listener_reconnects = 0
         self.unreceived = 0
         """Accepted and not yet received; kept as a count so the drain check costs nothing per frame."""
         self.all_received = asyncio.Event()
@@ -253,10 +257,17 @@ ACK_CHUNK = 1000
 """Ids per ack frame at most; Service B closes on a frame over 64 KiB."""
 
 
+RECONNECT = RetryPolicy(base_s=0.1, cap_s=1.0)
+"""How a listener whose Service B went away (restarted, killed) tries to connect again."""
+
+
 async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) -> None:
-    """Receive on Service B and acknowledge: every frame read in one go is acked in one frame."""
-    from websockets.asyncio.client import connect
-    from websockets.exceptions import InvalidHandshake, InvalidURI
+    """Receive on Service B and acknowledge: every frame read in one go is acked in one frame.
+
+    A first connection that fails is an error; one lost later (Service B restarted or killed)
+    is opened again until the run ends, and counted in the report's ``listener_reconnects``."""
+    from websockets.asyncio.client import ClientConnection, connect
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
     spec = run.spec
     query = f"topic={run.topic}&header=run:{run.run_id}"
@@ -265,13 +276,37 @@ async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) ->
     if spec.token:
         query += f"&token={spec.token}"
     headers = {"Authorization": f"Bearer {spec.token}"} if spec.token else None
+
+    async def open_connection() -> ClientConnection:
+        return await connect(f"{spec.b_url}?{query}", additional_headers=headers, max_size=2**24)
+
     try:
-        ws = await connect(f"{spec.b_url}?{query}", additional_headers=headers, max_size=2**24)
+        ws = await open_connection()
     except (OSError, InvalidHandshake, InvalidURI, TimeoutError) as exc:
         raise BrokerUnavailable(
             f"Cannot listen on Service B at {spec.b_url!r}: {exc}. Start it (mqctl up) or pass --b-url "
             "(the WebSocket endpoint, e.g. ws://127.0.0.1:8003/ws)."
         ) from exc
+    last_seen: list[int] = []
+    first = True
+    while True:
+        with contextlib.suppress(ConnectionClosed, OSError):
+            await _receive(run, ws, last_seen, ready if first else None, ready_count)
+        first = False
+        ws = await retry_call(
+            open_connection,
+            policy=RECONNECT,
+            deadline_s=None,  # until the run ends and cancels this listener
+            should_retry=lambda exc: isinstance(exc, OSError | InvalidHandshake | TimeoutError),
+        )
+        run.listener_reconnects += 1
+
+
+async def _receive(
+    run: _Run, ws: Any, last_seen: list[int], ready: asyncio.Event | None, ready_count: list[int]
+) -> None:
+    """Take the frames of one connection until it closes; ``ready`` is set once every listener
+    is subscribed (on the first connection only)."""
     async with ws:
         unacked: list[str] = []
         wake = asyncio.Event()
@@ -288,16 +323,14 @@ async def _listen_ws(run: _Run, ready: asyncio.Event, ready_count: list[int]) ->
 
         acker = asyncio.create_task(acknowledge())
         try:
-            last_seen: list[int] = []
-            subscribed = False
             async for raw in ws:
                 frame = orjson.loads(raw)
                 if "id" not in frame:
-                    if frame.get("event") == "subscribed" and not subscribed:
-                        subscribed = True
+                    if frame.get("event") == "subscribed" and ready is not None:
                         ready_count[0] += 1
-                        if ready_count[0] >= spec.listeners:
+                        if ready_count[0] >= run.spec.listeners:
                             ready.set()
+                        ready = None
                     continue
                 unacked.append(frame["id"])
                 wake.set()
@@ -469,5 +502,6 @@ def _report(r: _Run, publish_s: float, total_s: float, ceiling: float | None) ->
             "max": round(latencies[-1], 2) if latencies else 0.0,
         },
         ceiling_rps=round(ceiling, 1) if ceiling is not None else None,
+        listener_reconnects=r.listener_reconnects,
         lost_ids=lost[:100],
     )

@@ -38,6 +38,16 @@ HOW_TO_GET_REDIS = (
 BrokerFactory = Callable[..., AbstractAsyncContextManager[mqctl.Broker]]
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``soak`` take many minutes: they run only when ``-m`` names them."""
+    if "soak" in (config.option.markexpr or ""):
+        return
+    soaks = [item for item in items if item.get_closest_marker("soak") is not None]
+    if soaks:
+        config.hook.pytest_deselected(items=soaks)
+        items[:] = [item for item in items if item.get_closest_marker("soak") is None]
+
+
 def _answers_ping(url: str) -> bool:
     client = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
     try:

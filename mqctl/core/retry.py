@@ -7,6 +7,7 @@ down without sleeping; ``retry_call`` takes ``sleep`` and ``clock`` for the same
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -54,20 +55,21 @@ async def retry_call(
     call: Callable[[], Awaitable[T]],
     *,
     policy: RetryPolicy,
-    deadline_s: float,
+    deadline_s: float | None,
     should_retry: Callable[[Exception], bool],
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Await ``call()``, retrying errors for which ``should_retry`` is true, with backoff,
-    until ``deadline_s`` passes; then the last error is re-raised. Each try is itself
-    bounded by the time left, so a hung call cannot outlive the deadline.
+    until ``deadline_s`` passes (None: for as long as it takes, until cancelled); then the last
+    error is re-raised. Each try is itself bounded by the time left, so a hung call cannot
+    outlive the deadline.
     """
-    end = clock() + deadline_s
+    end = math.inf if deadline_s is None else clock() + deadline_s
     failures = 0
     last: Exception | None = None
     while True:
-        bound = asyncio.timeout(max(end - clock(), 0.001))
+        bound = asyncio.timeout(None if deadline_s is None else max(end - clock(), 0.001))
         try:
             async with bound:
                 return await call()
