@@ -238,7 +238,7 @@ async def run(
             bare.start()
             ours.start()
             log(f"servers up: bare pid {bare.pid} port {bare.port}, ours pid {ours.pid} port {ours.port}")
-            async with mqctl.connect(private.url, max_backlog=None) as broker:
+            async with mqctl.connect(private.url, max_backlog=None, default_group="default") as broker:
                 bench = Bench(bare, ours, broker, clients)
                 # Warm-up (not reported).
                 for side in ("bare", "ours"):

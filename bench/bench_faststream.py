@@ -246,7 +246,7 @@ async def run(rounds: int, sizes: dict[str, int], log: Callable[[str], None]) ->
         fs = RedisBroker(private.url, logger=None)
         await fs.connect()
         try:
-            async with mqctl.connect(private.url) as ours:
+            async with mqctl.connect(private.url, default_group="default") as ours:
                 bench = Bench(private.url, raw, fs, ours)
                 for r in results:  # warm-up, not reported
                     for side in ("faststream", "ours"):

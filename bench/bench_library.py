@@ -341,7 +341,9 @@ async def run(url: str, messages: int | None, rounds: int, log: Callable[[str], 
     try:
         env = await environment(raw)
         env["key_prefix"] = prefix
-        async with mqctl.connect(url, prefix=prefix, max_backlog=None) as broker:
+        # A durable default group, as the services connect: the stream keeps every message for it
+        # (without one, mqctl would trim beyond `retention`, work the raw side does not do).
+        async with mqctl.connect(url, prefix=prefix, max_backlog=None, default_group="default") as broker:
             if encode(EXPECTED) != PAYLOAD:
                 raise RuntimeError("mqctl's wire form differs from the raw payload; the comparison would be unfair")
             bench = Bench(url, prefix, broker, raw)

@@ -51,7 +51,7 @@ async def run(url: str, scenario: str, side: str, n: int, profiler: Profiler) ->
     prefix = f"bench-{secrets.token_hex(4)}"
     raw = aioredis.Redis.from_url(url)
     try:
-        async with mqctl.connect(url, prefix=prefix, max_backlog=None) as broker:
+        async with mqctl.connect(url, prefix=prefix, max_backlog=None, default_group="default") as broker:
             bench = Bench(url, prefix, broker, raw)
             await bench.pair(scenario, min(n, 2_000), ours_first=False)  # warm-up
             run_side = bench.sides(scenario)[0 if side == "raw" else 1]
