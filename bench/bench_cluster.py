@@ -53,7 +53,9 @@ MESSAGE = {"type": "bench", "content": {"n": 0, "text": "x" * 48}, "headers": {"
 
 async def publish(url: str, topic: str, partitions: int, count: int) -> float:
     """Messages per second for ``count`` publishes from ``PUBLISHERS`` concurrent tasks."""
-    async with mqctl.connect(url, prefix=f"bench-{uuid.uuid4().hex[:8]}", max_backlog=None, default_group="default") as broker:
+    async with mqctl.connect(
+        url, prefix=f"bench-{uuid.uuid4().hex[:8]}", max_backlog=None, default_group="default"
+    ) as broker:
         await broker.create_topic(topic, partitions=partitions)
         await broker.publish(topic, MESSAGE)  # connections and scripts are warm before the clock starts
         left = count
@@ -71,7 +73,9 @@ async def publish(url: str, topic: str, partitions: int, count: int) -> float:
 
 async def end_to_end(url: str, topic: str, partitions: int, count: int) -> float:
     """Messages per second from the first publish to the last ack, publishing and consuming at once."""
-    async with mqctl.connect(url, prefix=f"bench-{uuid.uuid4().hex[:8]}", max_backlog=None, default_group="default") as broker:
+    async with mqctl.connect(
+        url, prefix=f"bench-{uuid.uuid4().hex[:8]}", max_backlog=None, default_group="default"
+    ) as broker:
         await broker.create_topic(topic, partitions=partitions)
         acked = 0
         done = asyncio.Event()
