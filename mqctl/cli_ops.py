@@ -252,7 +252,7 @@ def letter_json(letter: DeadLetter) -> dict[str, Any]:
 
 async def _all_letters(broker: Broker, topic: str, limit: int | None = None) -> list[DeadLetter]:
     letters: list[DeadLetter] = []
-    after = "-"
+    after = ""
     while limit is None or len(letters) < limit:
         page = await broker.dead_letters(
             topic, count=500 if limit is None else min(500, limit - len(letters)), after=after

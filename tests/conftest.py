@@ -134,7 +134,7 @@ def _delete_cluster_keys(cluster: RedisCluster, prefix: str) -> None:
     ]
 )
 def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
-    """A broker URL with a store (memory) or key prefix (redis, cluster) that no other test uses."""
+    """A broker URL with a store (memory) or prefix (redis, cluster, nats) that no other test uses."""
     tag = uuid.uuid4().hex
     if request.param == "memory":
         yield BrokerURL("memory", f"memory://test-{tag}", None)

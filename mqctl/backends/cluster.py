@@ -1,6 +1,6 @@
 """The Redis Cluster backend (``redis+cluster://``, ``rediss+cluster://``).
 
-It is the Redis Streams backend (``redis.py``) over redis-py's asyncio cluster client,
+It is the Redis Streams store (``redis.py``) over redis-py's asyncio cluster client,
 composed rather than rewritten: every key of a topic carries the hash tag ``{topic}``
 (``keyspace.py``), so each Lua script declares keys of one slot and runs atomically on
 the master that owns it; XREADGROUP, XCLAIM, XPENDING and XINFO route by their key.
@@ -26,7 +26,8 @@ import redis.exceptions as rex
 from redis.asyncio.cluster import ClusterNode
 
 from mqctl.backends.keyspace import DEFAULT_PREFIX
-from mqctl.backends.redis import RedisBackend, redact
+from mqctl.backends.redis import RedisStore, redact
+from mqctl.backends.streams import StreamBackend
 from mqctl.core.errors import ConfigError
 
 DEFAULT_PORT = 6379
@@ -82,7 +83,7 @@ class _NodeClients:
         self.clients.clear()
 
 
-class ClusterBackend(RedisBackend):
+class ClusterStore(RedisStore):
     """Topics on a Redis Cluster: the Redis backend over a cluster client, plus its node clients."""
 
     def __init__(self, client: aioredis.RedisCluster, node_clients: _NodeClients, **options: Any) -> None:
@@ -104,7 +105,7 @@ def from_url(
     min_replicas: int = 0,
     replica_timeout_s: float = 1.0,
     **redis_options: Any,
-) -> ClusterBackend:
+) -> StreamBackend:
     """``redis+cluster://[user:password@]host:port[,host:port...]`` or ``rediss+cluster://...`` (TLS).
 
     Any one reachable node is enough to discover the cluster; list several so that a
@@ -140,7 +141,7 @@ def from_url(
     node_clients = _NodeClients(
         client, parts._replace(scheme=plain_scheme, query="", fragment=""), {**node_options, "max_connections": 100}
     )
-    return ClusterBackend(
+    store = ClusterStore(
         client,
         node_clients,
         prefix=prefix,
@@ -149,3 +150,4 @@ def from_url(
         min_replicas=min_replicas,
         replica_timeout_s=replica_timeout_s,
     )
+    return StreamBackend(store)

@@ -13,7 +13,7 @@ stays atomic there. Topic names may not contain braces (``check_name`` refuses t
     <prefix>:{<topic>}:meta          the topic's settings (a hash: ``partitions``)
 
 A partition ``p > 0`` of a partitioned topic is stored as the internal topic ``<topic>#<p>``
-(see ``mqctl.core.partitions``), with keys of its own and so a hash tag, and a slot, of its own.
+(see ``mqctl.backends.partitioned``), with keys of its own and so a hash tag, and a slot, of its own.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """The in-process backend (``memory://``): the embedded default and the reference in tests.
 
-It keeps the same model as Redis Streams (ids ``"<ms>-<seq>"``, groups with a last
-delivered id, pending entries with a delivery count and an idle time), so the contract
-suite holds both to one behaviour. Brokers connected to the same ``memory://NAME`` in
-one process share one store; nothing survives the process.
+A ``StreamStore`` of the Redis Streams family (``streams.py``): ids ``"<ms>-<seq>"``, groups
+with a last delivered id, pending entries with a delivery count and an idle time; the same
+reader and partitions as Redis run over it. Brokers connected to the same ``memory://NAME``
+in one process share one store; nothing survives the process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from mqctl.backends.streams import StreamBackend
 from mqctl.core.backend import DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
 from mqctl.core.errors import BrokerUnavailable, ConfigError, QueueFull
 
@@ -120,8 +121,8 @@ def _store_named(name: str) -> _Store:
     return store
 
 
-class MemoryBackend:
-    """Topics kept in this process's memory. See ``mqctl.core.backend.Backend``."""
+class MemoryStore:
+    """Topics kept in this process's memory. See ``mqctl.backends.streams.StreamStore``."""
 
     def __init__(self, name: str = "", *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = _store_named(name)
@@ -388,16 +389,16 @@ class MemoryBackend:
     async def ping(self, *, write: bool = False) -> None:
         self._check_open()
 
-    async def eviction_policy(self) -> str | None:
-        return None  # it never deletes what it holds
+    async def warnings(self) -> list[str]:
+        return []  # it never deletes what it holds
 
     async def aclose(self) -> None:
         self._closed = True
 
 
-def from_url(url: str, **options: object) -> MemoryBackend:
+def from_url(url: str, **options: object) -> StreamBackend:
     """``memory://`` or ``memory://NAME``: brokers with the same NAME share one store."""
     if options:
         raise ConfigError(f"memory:// takes no backend options; got {sorted(options)!r}.")
     parts = urlsplit(url)
-    return MemoryBackend(parts.netloc + parts.path.strip("/"))
+    return StreamBackend(MemoryStore(parts.netloc + parts.path.strip("/")))

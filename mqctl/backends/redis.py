@@ -21,12 +21,15 @@ import redis.exceptions as rex
 
 from mqctl.backends import scripts
 from mqctl.backends.keyspace import DEFAULT_PREFIX, Keyspace
+from mqctl.backends.streams import StreamBackend
 from mqctl.core.backend import DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
 from mqctl.core.errors import BrokerOutOfMemory, BrokerRefused, BrokerUnavailable, ConfigError, QueueFull
 
 log = logging.getLogger(__name__)
 
 _ZERO, _ONE = b"0", b"1"
+SAFE_POLICY = "noeviction"
+"""The one maxmemory-policy that never deletes what mqctl stored."""
 
 
 def redact(url: str) -> str:
@@ -65,7 +68,7 @@ def _entries(reply: Any) -> list[Entry]:
         return []
     found = next(iter(reply.values())) if type(reply) is dict else reply[0][1]
     make = tuple.__new__  # Entry(...) without NamedTuple's Python-level __new__
-    return [make(Entry, (i.decode(), f[1] if f[0] == b"m" else _field_m(f), 1)) for i, f in found]
+    return [make(Entry, (i.decode(), f[1] if f[0] == b"m" else _field_m(f), 1, None)) for i, f in found]
 
 
 def _field_m(flat: list[bytes]) -> bytes:
@@ -74,7 +77,7 @@ def _field_m(flat: list[bytes]) -> bytes:
     return fields.get(b"m", b"")
 
 
-class RedisBackend:
+class RedisStore:
     """Topics on one Redis server. See ``mqctl.core.backend.Backend``."""
 
     def __init__(
@@ -472,6 +475,7 @@ class RedisBackend:
                 await self.client.set(self.keys.probe(), b"1", px=1000)
 
     async def eviction_policy(self) -> str | None:
+        """Redis's ``maxmemory-policy``; None when this user may not read it."""
         async with self._errors():
             try:
                 reply = await self.client.config_get("maxmemory-policy")
@@ -480,6 +484,20 @@ class RedisBackend:
         values = {_text(k): v for k, v in dict(reply or {}).items() if isinstance(k, bytes | str)}
         policy = values.get("maxmemory-policy")
         return _text(policy) if isinstance(policy, bytes | str) else None
+
+    async def warnings(self) -> list[str]:
+        """A Redis that evicts keys when it is full can delete a topic's stream, and every message
+        in it, without an error anywhere; with ``noeviction`` a full Redis refuses writes instead."""
+        policy = await self.eviction_policy()
+        if policy is None or policy == SAFE_POLICY:
+            return []
+        what = "idempotency records" if policy.startswith("volatile") else "topic streams and the messages in them"
+        return [
+            f"Redis at {self.display_url} has maxmemory-policy {policy!r}, so when it is full it deletes keys, "
+            f"{what} included, without an error. Set maxmemory-policy {SAFE_POLICY} (CONFIG SET "
+            f"maxmemory-policy {SAFE_POLICY}, and in redis.conf) so that a full Redis refuses publishes "
+            "(503 broker_out_of_memory) instead."
+        ]
 
     async def aclose(self) -> None:
         with contextlib.suppress(Exception):
@@ -496,7 +514,7 @@ def from_url(
     min_replicas: int = 0,
     replica_timeout_s: float = 1.0,
     **redis_options: Any,
-) -> RedisBackend:
+) -> StreamBackend:
     """``redis://[user:password@]host:port/db`` or ``rediss://...`` (TLS).
 
     ``prefix`` namespaces every key (so tests and tenants can share one Redis). With
@@ -519,7 +537,7 @@ def from_url(
         pool.connection_class(**pool.connection_kwargs)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"Invalid Redis URL or option for {redact(url)!r}: {exc}.") from exc
-    return RedisBackend(
+    store = RedisStore(
         client,
         prefix=prefix,
         display_url=redact(url),
@@ -527,3 +545,4 @@ def from_url(
         min_replicas=min_replicas,
         replica_timeout_s=replica_timeout_s,
     )
+    return StreamBackend(store)

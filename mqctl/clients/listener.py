@@ -23,7 +23,6 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from mqctl.core.errors import BrokerUnavailable, ServiceError
-from mqctl.core.partitions import split_id
 from mqctl.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -34,15 +33,10 @@ DEFAULT_B_URL = "ws://127.0.0.1:8003/ws"
 _FINAL_CLOSE_CODES = {1008, 1009}
 
 
-def advance(position: str | None, frame_id: str) -> str:
-    """The broadcast position after a frame: its id, or on a partitioned topic (ids ``"P:MS-SEQ"``)
-    the last id seen of every partition, ``"0:MS-SEQ,1:MS-SEQ,..."``, so a resume misses none."""
-    if ":" not in frame_id:
-        return frame_id
-    seen = dict(split_id(part) for part in (position or "").split(",") if ":" in part)
-    partition, raw = split_id(frame_id)
-    seen[partition] = raw
-    return ",".join(f"{p}:{seen[p]}" for p in sorted(seen))
+def position_after(frame: dict[str, Any]) -> str:
+    """Where a broadcast resumes after ``frame``: the ``position`` Service B puts in the frames of
+    a partitioned topic, else the message's id. Positions are the broker's: never parsed here."""
+    return str(frame.get("position") or frame["id"])
 
 
 class Listener:
@@ -145,7 +139,7 @@ class Listener:
             if not isinstance(frame, dict):
                 continue
             if "id" in frame and "type" in frame:
-                self.last_id = advance(self.last_id, str(frame["id"]))
+                self.last_id = position_after(frame)
                 return frame
             self.events.append(frame)  # subscribed / history_lost / error frames
             if frame.get("event") == "history_lost" or "error" in frame:

@@ -28,13 +28,10 @@ from mqctl.core.errors import (
 from mqctl.core.filters import Predicate
 from mqctl.core.message import Message, encode_any
 from mqctl.core.names import check_name
-from mqctl.core.partitions import Partitioned, check_partitions, join_id, pick, split_id, stream_name
 from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Broadcast, Subscription
 
 DEFAULT_GROUP = "default"
-STICKY_BATCH = 100
-"""Messages without a key that join one partition's forming batch before the next partition gets one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +81,6 @@ class Broker:
 
     def __init__(self, backend: Backend, options: BrokerOptions | None = None, *, url: str = "") -> None:
         self.backend = backend
-        self.partitioned = Partitioned(backend)
-        """The storage view subscriptions use: a partitioned topic reads as one topic."""
         self.options = options or BrokerOptions()
         self.url = url
         self._limits = Limits(
@@ -95,7 +90,6 @@ class Broker:
             default_group=self.options.default_group,
         )
         self._coalescers: dict[str, Coalescer[list[Outgoing], list[str]]] = {}
-        self._sticky: dict[str, int] = {}
         self._failing: dict[str, Exception] = {}  # a stream's last error while its publish is retried
         self._subscriptions: set[Subscription | Broadcast] = set()
 
@@ -118,12 +112,7 @@ class Broker:
         """
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
             raise ConfigError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}.")
-        unit = [self._outgoing(message, idempotency_key)]
-        n = self.partitioned.known(topic)
-        if n == 1:  # the common case, kept as short as before partitions
-            return (await self._submitted(topic, unit))[0]
-        # A retried publish must find its idempotency key where it stored it: the key picks too.
-        return (await self._submit(topic, unit, key if key is not None else idempotency_key))[0]
+        return (await self._submitted(topic, [self._outgoing(message, idempotency_key, key)]))[0]
 
     async def publish_many(
         self, topic: str, messages: Iterable[Message | Mapping[str, Any]], *, key: str | None = None
@@ -132,102 +121,76 @@ class Broker:
 
         On a partitioned topic they all go to one partition (``key``'s, or the next in turn).
         """
-        unit = [self._outgoing(m, None) for m in messages]
+        unit = [self._outgoing(m, None, key) for m in messages]
         if not unit:
             return []
-        if self.partitioned.known(topic) == 1:
-            return await self._submitted(topic, unit)
-        return await self._submit(topic, unit, key)
+        return await self._submitted(topic, unit)
 
-    async def _submit(self, topic: str, unit: list[Outgoing], key: str | None) -> list[str]:
-        if key is not None and (not isinstance(key, str) or not key):
-            raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
-        n = self.partitioned.known(topic) or await self._count(topic)
-        if n == 1:
-            return await self._submitted(topic, unit)
-        p = pick(key, n) if key is not None else self._partition_for_unkeyed(topic, n)
-        ids = await self._submitted(stream_name(topic, p, n), unit, topic)
-        return [join_id(p, i) for i in ids]
-
-    def _partition_for_unkeyed(self, topic: str, n: int) -> int:
-        """Partitions in turn, but a message joins a batch that is still forming (up to
-        ``STICKY_BATCH`` messages) rather than start another, as Kafka's "sticky" partitioner
-        does: concurrent publishers keep large batches, so a partitioned topic costs about as
-        many round trips as an unpartitioned one, and a burst still spreads over the partitions."""
-        p = self._sticky.get(topic)
-        if p is not None:
-            coalescer = self._coalescers.get(stream_name(topic, p, n))
-            if coalescer is not None and 0 < coalescer.waiting < STICKY_BATCH:
-                return p
-        p = self._sticky[topic] = self.partitioned.next_partition(topic, n)
-        return p
-
-    async def _submitted(self, stream: str, unit: list[Outgoing], topic: str | None = None) -> list[str]:
-        """``unit`` stored on ``stream`` (a topic, or a partition of ``topic``) through its coalescer,
-        within ``publish_timeout_s`` in all: the wait for an earlier batch in flight counts too, or a
-        publish could take twice its deadline when the broker hangs."""
+    async def _submitted(self, topic: str, unit: list[Outgoing]) -> list[str]:
+        """``unit`` stored on ``topic`` through its coalescer, within ``publish_timeout_s`` in all:
+        the wait for an earlier batch in flight counts too, or a publish could take twice its
+        deadline when the broker hangs."""
         try:
             # The coalescer keeps the deadline: one timer for all waiting publishes, not one each.
-            return await self._coalescer(stream, topic).submit(unit)
+            return await self._coalescer(topic).submit(unit)
         except TimeoutError as exc:
             if isinstance(exc, PublishTimeout):
                 raise
             deadline_s = self.options.publish_timeout_s
-            failing = self._failing.get(stream)
+            failing = self._failing.get(topic)
             said = f" Its last answer: {failing}" if failing is not None else " It may be overloaded or unreachable."
             raise PublishTimeout(
                 f"The broker did not take the message within {deadline_s:g} s.{said} "
                 "The message may or may not be stored (use an idempotency key to retry safely)."
             ) from exc
 
-    async def _count(self, topic: str, create: int = 1) -> int:
-        """The topic's partition count (fixed at ``create`` on its first use), within the publish deadline."""
-        check_name("topic", topic)
-        return await retry_call(
-            lambda: self.partitioned.count(topic, create=create),
-            policy=self.options.publish_retry,
-            deadline_s=self.options.publish_timeout_s,
-            should_retry=_should_retry,
-        )
-
     async def create_topic(self, topic: str, *, partitions: int = 1) -> int:
         """Create ``topic`` with ``partitions`` partitions, so a hot topic spreads over a cluster.
 
         Idempotent. A topic keeps the count it was created with: one that exists with another
-        count (a topic first used without ``create_topic`` has 1) raises ``ConfigError``.
-        Returns the count.
+        count (a topic first used without ``create_topic`` has 1) raises ``ConfigError``, as does
+        a count above 1 on a backend without partitions. Returns the count.
         """
-        check_partitions(partitions)
-        n = await self._count(topic, create=partitions)
+        check_name("topic", topic)
+        if not isinstance(partitions, int) or isinstance(partitions, bool) or partitions < 1:
+            raise ConfigError(f"partitions must be a whole number of at least 1, got {partitions!r}.")
+        if partitions != 1 and not self.backend.capabilities.partitions:
+            raise ConfigError(
+                f"{self.url.split('://')[0]}:// has no partitions: create {topic!r} with partitions=1 "
+                "(the broker spreads load on its own terms)."
+            )
+        n = await retry_call(
+            lambda: self.backend.create_topic(topic, partitions=partitions),
+            policy=self.options.publish_retry,
+            deadline_s=self.options.publish_timeout_s,
+            should_retry=_should_retry,
+        )
         if n != partitions:
             raise ConfigError(
                 f"Topic {topic!r} already exists with {n} partition(s), not {partitions}; the count is fixed "
                 "when a topic is first used. Use another topic name, or keep the count it has."
             )
         if n > 1 and self.options.default_group is not None:
-            await self.partitioned.create_group(topic, self.options.default_group, from_start=True)
+            await self.backend.create_group(topic, self.options.default_group, from_start=True)
         return n
 
-    def _outgoing(self, message: Message | Mapping[str, Any], key: str | None) -> Outgoing:
+    def _outgoing(self, message: Message | Mapping[str, Any], idempotency_key: str | None, key: str | None) -> Outgoing:
+        if key is not None and (not isinstance(key, str) or not key):
+            raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
         payload = encode_any(message)
         if len(payload) > self.options.max_message_bytes:
             raise MessageTooLarge(len(payload), self.options.max_message_bytes)
-        return Outgoing(payload, key)
+        return Outgoing(payload, idempotency_key, key)
 
-    def _coalescer(self, stream: str, topic: str | None = None) -> Coalescer[list[Outgoing], list[str]]:
-        """The coalescer of one stream: a topic, or (``topic`` given) one partition of it."""
-        coalescer = self._coalescers.get(stream)
+    def _coalescer(self, topic: str) -> Coalescer[list[Outgoing], list[str]]:
+        coalescer = self._coalescers.get(topic)
         if coalescer is None:
-            if topic is None:
-                check_name("topic", stream)
+            check_name("topic", topic)
 
             async def send(units: Sequence[list[Outgoing]]) -> list[list[str] | QueueFull]:
-                results = await self._add(stream, units)
-                if topic is None:
-                    return results
-                return [QueueFull(topic, r.backlog, r.max_backlog) if isinstance(r, QueueFull) else r for r in results]
+                return await self._add(topic, units)
 
-            coalescer = self._coalescers[stream] = Coalescer(
+            coalescer = self._coalescers[topic] = Coalescer(
                 send, max_batch=self.options.max_batch, timeout_s=self.options.publish_timeout_s
             )
         return coalescer
@@ -272,7 +235,7 @@ class Broker:
         ``attempt + 1`` after a backoff; after ``max_attempts`` they go to the dead letters.
         """
         return Subscription(
-            self,
+            self.backend,
             topic=check_name("topic", topic),
             group=check_name("group", group),
             consumer=check_name("consumer", consumer or _default_consumer_name()),
@@ -282,6 +245,8 @@ class Broker:
             ack_timeout_s=ack_timeout,
             max_attempts=max_attempts,
             from_start=from_start,
+            redelivery=self.options.redelivery,
+            live=self._subscriptions,
         )
 
     def broadcast(
@@ -295,36 +260,52 @@ class Broker:
     ) -> Broadcast:
         """Every message of ``topic`` as it arrives, with no group and no acks.
 
-        With ``last_id``, first everything still retained after that id (a resume).
+        With ``last_id`` (a message id, or the ``last_id`` of an earlier broadcast), first
+        everything still retained after it (a resume); ``"0"`` reads all that is retained.
         """
         return Broadcast(
-            self,
+            self.backend,
             topic=check_name("topic", topic),
             last_id=last_id,
             filter=filter,
             poll_interval_s=poll_interval,
             batch=batch,
+            live=self._subscriptions,
         )
 
     async def create_group(self, topic: str, group: str, *, from_start: bool = True) -> bool:
         """Create ``group`` on ``topic`` so it keeps every message from now (or from the start)."""
-        return await self.partitioned.create_group(
+        return await self.backend.create_group(
             check_name("topic", topic), check_name("group", group), from_start=from_start
         )
+
+    async def history_gap(self, topic: str, last_id: str) -> tuple[str, str | None] | None:
+        """Why a broadcast resuming after ``last_id`` may miss messages, and the oldest position
+        still retained; None when nothing it follows is gone."""
+        return await self.backend.history_gap(check_name("topic", topic), last_id)
+
+    def check_position(self, position: str) -> str:
+        """``position`` if it can be a message id or broadcast position of this broker, else
+        ``ConfigError`` saying what one looks like."""
+        return self.backend.check_position(position)
+
+    def covers(self, position: str, message_id: str) -> bool:
+        """True if a broadcast at ``position`` (its ``last_id``) has read ``message_id`` already."""
+        return self.backend.covers(position, message_id)
 
     # -- operating ----------------------------------------------------------------
 
     async def stats(self, topic: str) -> TopicStats:
         """Length, backlog, pending per group, dead-letter count and partitions of ``topic``."""
-        return await self.partitioned.stats(check_name("topic", topic))
+        return await self.backend.stats(check_name("topic", topic))
 
     async def topics(self) -> list[str]:
-        """Every topic that has had a message."""
-        return sorted(await self.partitioned.topics())
+        """Every topic that has had a message (or a group)."""
+        return sorted(await self.backend.topics())
 
-    async def dead_letters(self, topic: str, *, count: int = 100, after: str = "-") -> list[DeadLetter]:
-        """Dead letters of ``topic``, oldest first."""
-        return await self.partitioned.dead_letters(check_name("topic", topic), count=count, after=after)
+    async def dead_letters(self, topic: str, *, count: int = 100, after: str = "") -> list[DeadLetter]:
+        """Dead letters of ``topic``, oldest first, after dead letter ``after`` ("": from the oldest)."""
+        return await self.backend.dead_letters(check_name("topic", topic), count=count, after=after)
 
     async def replay(self, topic: str, ids: Sequence[str] | None = None) -> list[str]:
         """Publish dead letters back onto ``topic`` (all, or those in ``ids``) and remove them.
@@ -333,22 +314,9 @@ class Broker:
         dead letters (a duplicate), never a loss.
         """
         check_name("topic", topic)
-        n = await self.partitioned.peek(topic)  # without creating the topic
-        if n > 1:
-            replayed: list[str] = []
-            for p in range(n):
-                mine = None if ids is None else [raw for i in ids for q, raw in [split_id(i)] if q == p]
-                if mine == []:
-                    continue
-                got = await self._replay(stream_name(topic, p, n), mine)
-                replayed.extend(join_id(p, i) for i in got)
-            return replayed
-        return await self._replay(topic, ids)
-
-    async def _replay(self, topic: str, ids: Sequence[str] | None) -> list[str]:
         wanted = None if ids is None else set(ids)
         replayed: list[str] = []
-        after = "-"
+        after = ""
         while True:
             page = await self.backend.dead_letters(topic, count=500, after=after)
             if not page:
@@ -357,8 +325,7 @@ class Broker:
             chosen = [d for d in page if wanted is None or d.id in wanted]
             if not chosen:
                 continue
-            units = [[Outgoing(d.payload)] for d in chosen]
-            results = await self._add(topic, units)
+            results = await self._add(topic, [[Outgoing(d.payload)] for d in chosen])
             stored = []
             for letter, result in zip(chosen, results, strict=True):
                 if isinstance(result, QueueFull):
@@ -370,27 +337,24 @@ class Broker:
 
     async def purge_dead_letters(self, topic: str) -> int:
         """Delete every dead letter of ``topic``; returns how many there were."""
-        return await self.partitioned.remove_dead_letters(check_name("topic", topic), None)
+        return await self.backend.remove_dead_letters(check_name("topic", topic), None)
 
     async def ping(self, *, write: bool = False) -> None:
         """Return when the broker answers (``write=True``: and would take a publish now); raise
         ``BrokerUnavailable``, or ``BrokerRefused`` saying why the broker refuses us, otherwise."""
         await self.backend.ping(write=write)
 
-    async def eviction_policy(self) -> str | None:
-        """Redis's ``maxmemory-policy`` (None for ``memory://``, or when the user may not read it).
-
-        Anything but ``noeviction`` lets Redis delete keys when it is full: with ``allkeys-*``
-        that can be a topic's stream, messages and all; with ``volatile-*``, idempotency keys.
-        """
-        return await self.backend.eviction_policy()
+    async def warnings(self) -> list[str]:
+        """What about the broker's configuration can lose messages, in sentences (e.g. a Redis set
+        to evict keys when it is full); [] when nothing, or when the broker will not say."""
+        return await self.backend.warnings()
 
     async def aclose(self) -> None:
         """Finish publishes in flight, close subscriptions and release connections."""
         for coalescer in list(self._coalescers.values()):
             await coalescer.aclose()
         await asyncio.gather(*(s.aclose() for s in list(self._subscriptions)), return_exceptions=True)
-        await self.partitioned.aclose()
+        await self.backend.aclose()
 
     async def __aenter__(self) -> Broker:
         return self

@@ -1,15 +1,15 @@
 """Subscriptions: a consumer of a group (at-least-once, acked) and a broadcast reader.
 
-A ``Subscription`` reads in batches with a blocking read that waits at most
-``poll_interval_s`` and returns as soon as a message lands. Every ``reclaim_every_s``
-it also takes over deliveries that some consumer of the group left unacknowledged for
-``ack_timeout_s`` (crashed, hung, or nacked), moving those that used up
-``max_attempts`` to the dead letters.
+Both read in batches from their backend's reader (``GroupReader``, ``BroadcastReader``) with a
+blocking read that waits at most ``poll_interval_s`` and returns as soon as a message lands.
+The policy is here, written once for every backend: filters, decoding (what cannot be decoded
+goes to the dead letters), the redelivery backoff of a nack, dead-lettering on the last
+attempt, and how acks travel.
 
 Acks are gathered and sent with the next read, so a busy consumer does not pay one round
 trip per message; a read not under way within ``ACK_LINGER_S`` of an ack (a slow handler)
 does not hold it: the gathered acks then go out on their own. Those that come while a read
-is in flight go out together, one XACK for all that came during the previous one
+is in flight go out together, one round trip for all that came during the previous one
 (``Coalescer``), and their ``await`` returns once the broker has them.
 
 Two optional callbacks let an owner observe a reader without parsing its logs (the
@@ -26,19 +26,16 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, MutableSet, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
-from mqctl.core.backend import Entry
+from mqctl.core.backend import Backend, BroadcastReader, Entry, GroupReader, ReaderOptions
 from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import ConfigError, InvalidMessage, SubscriptionClosed
 from mqctl.core.filters import Filter, Predicate, as_filter
 from mqctl.core.message import Message, decode
-from mqctl.core.partitions import advance
-
-if TYPE_CHECKING:
-    from mqctl.core.broker import Broker
+from mqctl.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +55,8 @@ class Delivery:
     topic: str
     group: str
     _subscription: Subscription = field(repr=False)
+    _handle: Any = field(default=None, repr=False)
+    """The backend's handle for this delivery: what acks, nacks and dead-letters it."""
     _settled: bool = field(default=False, repr=False)
 
     def ack(self) -> Awaitable[None]:
@@ -72,7 +71,7 @@ class Delivery:
         if self._settled:
             return _DONE
         self._settled = True
-        return self._subscription._ack(self.id)
+        return self._subscription._ack(self)
 
     async def nack(self, delay: float | None = None, *, reason: str = "nacked by the consumer") -> None:
         """Give the message back for redelivery after ``delay`` seconds (default: the backoff
@@ -81,6 +80,14 @@ class Delivery:
         if not self._settled:
             self._settled = True
             await self._subscription._nack(self, delay, reason)
+
+    async def dead_letter(self, reason: str) -> bool:
+        """Move the message to the dead letters now, whatever its attempt, with ``reason``.
+        False if it was no longer pending (settled elsewhere, or redelivered after its timeout)."""
+        if self._settled:
+            return False
+        self._settled = True
+        return await self._subscription._bury(self, reason)
 
 
 class _Done:
@@ -104,15 +111,24 @@ def _check_positive(name: str, value: float) -> None:
 class _Reader:
     """What group and broadcast readers share: a buffer, a filter and a prompt close."""
 
-    def __init__(self, broker: Broker, topic: str, filter: Predicate | None, poll_interval_s: float, batch: int):
+    def __init__(
+        self,
+        backend: Backend,
+        topic: str,
+        filter: Predicate | None,
+        poll_interval_s: float,
+        batch: int,
+        live: MutableSet[Any],
+    ) -> None:
         _check_positive("poll_interval", poll_interval_s)
         if not isinstance(batch, int) or batch < 1:
             raise ConfigError(f"batch must be a positive integer, got {batch!r}.")
-        self.broker = broker
+        self.backend = backend
         self.topic = topic
         self.filter: Filter | None = None if filter is None else as_filter(filter)
         self.poll_interval_s = poll_interval_s
         self.batch = batch
+        self._live = live  # the broker's open readers, which it closes when it closes
         self._buffer: deque[Entry] = deque()
         self._fetch: asyncio.Task[None] | None = None
         self._opened = False
@@ -121,7 +137,7 @@ class _Reader:
         self.on_poll: Callable[[float], None] | None = None
 
     async def _open(self) -> None:
-        """Prepare the reader (create the group...)."""
+        """Prepare the reader (join the group, find the starting position...)."""
 
     async def _fill(self) -> None:
         """Put entries in the buffer, waiting at most one poll interval."""
@@ -140,11 +156,9 @@ class _Reader:
         if not self._opened:
             await self._open()
             self._opened = True
-            self.broker._subscriptions.add(self)  # type: ignore[arg-type]
+            self._live.add(self)
 
     async def _next_entry(self) -> Entry:
-        if self._buffer and not self._closed:  # the common case, kept short
-            return self._buffer.popleft()
         if self._closed and self._iterated:
             raise StopAsyncIteration  # closed from elsewhere mid-loop: the loop ends
         await self._ensure_open()
@@ -172,12 +186,6 @@ class _Reader:
                 raise asyncio.CancelledError
         return self._buffer.popleft()
 
-    def _decode(self, entry: Entry) -> Message | None:
-        try:
-            return decode(entry.payload)
-        except InvalidMessage:
-            return None
-
     async def aclose(self) -> None:
         """Stop reading. Returns at once, cutting short a blocking read in progress."""
         if self._closed:
@@ -187,7 +195,7 @@ class _Reader:
             self._fetch.cancel()
             with contextlib.suppress(BaseException):
                 await self._fetch
-        self.broker._subscriptions.discard(self)
+        self._live.discard(self)
 
 
 class Subscription(_Reader):
@@ -195,7 +203,7 @@ class Subscription(_Reader):
 
     def __init__(
         self,
-        broker: Broker,
+        backend: Backend,
         *,
         topic: str,
         group: str,
@@ -206,9 +214,10 @@ class Subscription(_Reader):
         ack_timeout_s: float,
         max_attempts: int,
         from_start: bool,
-        clock: Callable[[], float] = time.monotonic,
+        redelivery: RetryPolicy,
+        live: MutableSet[Any],
     ) -> None:
-        super().__init__(broker, topic, filter, poll_interval_s, batch)
+        super().__init__(backend, topic, filter, poll_interval_s, batch, live)
         _check_positive("ack_timeout", ack_timeout_s)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigError(f"max_attempts must be a positive integer, got {max_attempts!r}.")
@@ -217,166 +226,154 @@ class Subscription(_Reader):
         self.ack_timeout_s = ack_timeout_s
         self.max_attempts = max_attempts
         self.from_start = from_start
+        self.redelivery = redelivery
         # Reclaim often enough that an expired delivery waits at most a quarter of its timeout.
-        self.reclaim_every_s = min(poll_interval_s, ack_timeout_s / 4)
-        self._clock = clock
-        self._next_reclaim = 0.0
-        self._acks: list[str] = []
+        options = ReaderOptions(
+            ack_timeout_s=ack_timeout_s,
+            max_attempts=max_attempts,
+            from_start=from_start,
+            reclaim_every_s=min(poll_interval_s, ack_timeout_s / 4),
+        )
+        self._reader: GroupReader = backend.group_reader(
+            topic,
+            group,
+            consumer,
+            options,
+            dead_reason=f"not acknowledged after {max_attempts} deliveries (ack_timeout {ack_timeout_s:g} s)",
+            on_dead_letter=self._dead_lettered,
+        )
+        self._acks: list[Any] = []
         self._linger: asyncio.TimerHandle | None = None  # sends self._acks if no read takes them
         self._lingering: set[asyncio.Task[None]] = set()  # sends of acks the linger let out
-        self._late_acks: Coalescer[str, None] = Coalescer(self._send_late_acks)  # taken during a read
-        self._outstanding: set[str] = set()
+        self._late_acks: Coalescer[Any, None] = Coalescer(self._send_late_acks)  # taken during a read
+        self._outstanding: dict[str, Any] = {}  # id -> handle of deliveries given out, not settled
         self.on_dead_letter: Callable[[int], None] | None = None
 
     def _dead_lettered(self, count: int) -> None:
-        if count and self.on_dead_letter is not None:
-            self.on_dead_letter(count)
+        if count:
+            log.warning("%d message(s) of %r moved to the dead letters for group %r", count, self.topic, self.group)
+            if self.on_dead_letter is not None:
+                self.on_dead_letter(count)
 
     async def _open(self) -> None:
-        await self.broker.partitioned.create_group(self.topic, self.group, from_start=self.from_start)
+        await self._reader.open()
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Delivery:
-        backend = self.broker.partitioned
         while True:
-            entry = await self._next_entry()
-            message = self._decode(entry)
-            if message is None:
-                moved = await backend.dead_letter(
-                    self.topic,
-                    self.group,
-                    entry.id,
-                    reason="not a mqctl message (cannot decode)",
-                    attempts=entry.attempt,
-                )
-                self._dead_lettered(int(moved))
+            if self._buffer and not self._closed:  # the common case, kept short
+                entry = self._buffer.popleft()
+            else:
+                entry = await self._next_entry()
+            handle = entry.id if entry.handle is None else entry.handle
+            try:
+                message = decode(entry.payload)
+            except InvalidMessage:
+                reason = "not a mqctl message (cannot decode)"
+                self._dead_lettered(int(await self._reader.dead_letter(handle, reason=reason, attempts=entry.attempt)))
                 continue
             if self.filter is not None and not self.filter(message):
-                self._acks.append(entry.id)  # filtered out: done for this group only
+                self._queue_ack(handle)  # filtered out: done for this group only
                 continue
-            self._outstanding.add(entry.id)
-            return Delivery(entry.id, message, entry.attempt, self.topic, self.group, self)
+            self._outstanding[entry.id] = handle
+            return Delivery(entry.id, message, entry.attempt, self.topic, self.group, self, handle)
 
     async def _fill(self) -> None:
-        backend = self.broker.partitioned
-        now = self._clock()
-        if now >= self._next_reclaim:
-            await self._flush_acks()
-            self._next_reclaim = now + self.reclaim_every_s
-            claimed, dead = await backend.reclaim(
-                self.topic,
-                self.group,
-                self.consumer,
-                min_idle_s=self.ack_timeout_s,
-                count=self.batch,
-                max_attempts=self.max_attempts,
-                reason=f"not acknowledged after {self.max_attempts} deliveries (ack_timeout {self.ack_timeout_s:g} s)",
-            )
-            if dead:
-                self._dead_lettered(dead)
-                log.warning("%d message(s) of %r moved to the dead letters for group %r", dead, self.topic, self.group)
-            if claimed:
-                self._buffer.extend(claimed)
-                return
-        block_s = max(0.001, min(self.poll_interval_s, self._next_reclaim - now))
         acks = self._take_acks()
         try:
-            entries = await backend.read_group(
-                self.topic, self.group, self.consumer, count=self.batch, block_s=block_s, ack=acks
-            )
+            entries = await self._reader.read(count=self.batch, block_s=self.poll_interval_s, ack=acks)
         except BaseException:
             self._keep_acks(acks, ACK_LINGER_S)  # not sent (or not known to be): try again
             raise
         self._buffer.extend(entries)
 
-    def _take_acks(self) -> list[str]:
+    # -- acks --------------------------------------------------------------------------
+
+    def _take_acks(self) -> list[Any]:
         """The gathered acks, for a round trip that carries them (the linger is off)."""
         if self._linger is not None:
             self._linger.cancel()
             self._linger = None
-        ids, self._acks = self._acks, []
-        return ids
+        handles, self._acks = self._acks, []
+        return handles
 
-    def _keep_acks(self, ids: list[str], within_s: float) -> None:
+    def _keep_acks(self, handles: list[Any], within_s: float) -> None:
         """Put acks back to be sent with the next read, or on their own within ``within_s``."""
-        if not ids:
+        if not handles:
             return
-        self._acks[:0] = ids
+        self._acks[:0] = handles
         if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(within_s, self._linger_ran_out)
+
+    def _queue_ack(self, handle: Any) -> None:
+        self._acks.append(handle)
+        if self._linger is None:
+            self._linger = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._linger_ran_out)
 
     def _linger_ran_out(self) -> None:
         """No read took the gathered acks in time: send them on their own."""
         self._linger = None
-        ids = self._take_acks()
-        if ids:
-            task = asyncio.ensure_future(self._send_lingering(ids))
+        handles = self._take_acks()
+        if handles:
+            task = asyncio.ensure_future(self._send_lingering(handles))
             self._lingering.add(task)
             task.add_done_callback(self._lingering.discard)
 
-    async def _send_lingering(self, ids: list[str]) -> None:
+    async def _send_lingering(self, handles: list[Any]) -> None:
         try:
-            await self._late_acks.submit_many(ids)
+            await self._late_acks.submit_many(handles)
         except Exception as exc:  # the ack timeout hands them back if they never get through
-            log.warning("Could not send %d ack(s) of %r: %s; trying again", len(ids), self.topic, exc)
+            log.warning("Could not send %d ack(s) of %r: %s; trying again", len(handles), self.topic, exc)
             if not self._closed:
-                self._keep_acks(ids, ACK_RETRY_S)
+                self._keep_acks(handles, ACK_RETRY_S)
 
     async def _flush_acks(self) -> None:
-        ids = self._take_acks()
-        if ids:
+        handles = self._take_acks()
+        if handles:
             try:
-                await self.broker.partitioned.ack(self.topic, self.group, ids)
+                await self._reader.ack(handles)
             except BaseException:
                 if not self._closed:
-                    self._keep_acks(ids, ACK_RETRY_S)
+                    self._keep_acks(handles, ACK_RETRY_S)
                 raise
 
-    def _ack(self, entry_id: str) -> Awaitable[None]:
+    def _ack(self, delivery: Delivery) -> Awaitable[None]:
         # Not a coroutine: the common case (queue the ack for the next read) costs no frame.
-        self._outstanding.discard(entry_id)
+        self._outstanding.pop(delivery.id, None)
+        handle = delivery._handle
         if self._closed or self._fetch is not None:
             # No read is coming soon to carry the ack: send it now, with any others that come
-            # before the XACK in flight returns.
-            return self._late_acks.submit_nowait(entry_id)
-        self._acks.append(entry_id)
+            # before the round trip in flight returns.
+            return self._late_acks.submit_nowait(handle)
+        self._acks.append(handle)
         if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._linger_ran_out)
         elif len(self._acks) >= 10 * self.batch:  # a full load for one round trip: send it now
             return self._flush_acks()
         return _DONE
 
-    async def _send_late_acks(self, ids: Sequence[str]) -> list[None]:
-        await self.broker.partitioned.ack(self.topic, self.group, ids)
-        return [None] * len(ids)
+    async def _send_late_acks(self, handles: Sequence[Any]) -> list[None]:
+        await self._reader.ack(handles)
+        return [None] * len(handles)
+
+    # -- nacks and dead letters ----------------------------------------------------------
 
     async def _nack(self, delivery: Delivery, delay_s: float | None, reason: str) -> None:
-        self._outstanding.discard(delivery.id)
-        backend = self.broker.partitioned
         if delivery.attempt >= self.max_attempts:
-            moved = await backend.dead_letter(
-                self.topic,
-                self.group,
-                delivery.id,
-                reason=f"{reason} (attempt {delivery.attempt} of {self.max_attempts})",
-                attempts=delivery.attempt,
-            )
-            self._dead_lettered(int(moved))
+            await self._bury(delivery, f"{reason} (attempt {delivery.attempt} of {self.max_attempts})")
             return
+        self._outstanding.pop(delivery.id, None)
         if delay_s is None:
-            delay_s = self.broker.options.redelivery.delay_s(delivery.attempt)
-        ready_in_s = min(max(delay_s, 0.0), self.ack_timeout_s)
-        await backend.release(
-            self.topic,
-            self.group,
-            self.consumer,
-            [delivery.id],
-            ready_in_s=ready_in_s,
-            min_idle_s=self.ack_timeout_s,
-        )
-        self._next_reclaim = min(self._next_reclaim, self._clock() + ready_in_s)
+            delay_s = self.redelivery.delay_s(delivery.attempt)
+        await self._reader.nack(delivery._handle, delay_s=min(max(delay_s, 0.0), self.ack_timeout_s))
+
+    async def _bury(self, delivery: Delivery, reason: str) -> bool:
+        self._outstanding.pop(delivery.id, None)
+        moved = await self._reader.dead_letter(delivery._handle, reason=reason, attempts=delivery.attempt)
+        self._dead_lettered(int(moved))
+        return moved
 
     async def aclose(self) -> None:
         """Stop consuming: send gathered acks and hand back what was read but not acknowledged,
@@ -388,22 +385,14 @@ class Subscription(_Reader):
             await asyncio.gather(*self._lingering, return_exceptions=True)
         with contextlib.suppress(Exception):  # the acks' awaiters saw any failure
             await self._late_acks.aclose()
-        backend = self.broker.partitioned
-        unsettled = [e.id for e in self._buffer] + sorted(self._outstanding)
+        unsettled = [e.id if e.handle is None else e.handle for e in self._buffer]
+        unsettled += list(self._outstanding.values())
         self._buffer.clear()
         self._outstanding.clear()
         try:
             await self._flush_acks()
-            await backend.forget(self.topic, self.group, self.consumer)
-            if unsettled:
-                await backend.release(
-                    self.topic,
-                    self.group,
-                    self.consumer,
-                    unsettled,
-                    ready_in_s=0.0,
-                    min_idle_s=self.ack_timeout_s,
-                )
+            await self._reader.aclose()
+            await self._reader.release(unsettled)
         except Exception as exc:  # the broker is gone: the ack timeout will hand them back
             log.warning("Could not settle %d deliveries of %r on close: %s", len(unsettled), self.topic, exc)
 
@@ -411,24 +400,28 @@ class Subscription(_Reader):
 class Broadcast(_Reader):
     """Every message of a topic, live, for one reader; no group, no acks.
 
-    Iterate it for ``(id, message)`` pairs. ``last_id`` resumes after a message seen before.
+    Iterate it for ``(id, message)`` pairs. ``last_id`` resumes after a message seen before;
+    after each message, ``last_id`` is the position to resume from (the backend's own cursor).
     """
 
     def __init__(
         self,
-        broker: Broker,
+        backend: Backend,
         *,
         topic: str,
         last_id: str | None,
         filter: Predicate | None,
         poll_interval_s: float,
         batch: int,
+        live: MutableSet[Any],
     ) -> None:
-        super().__init__(broker, topic, filter, poll_interval_s, batch)
+        super().__init__(backend, topic, filter, poll_interval_s, batch, live)
         self.last_id = last_id
+        self._reader: BroadcastReader | None = None
 
     async def _open(self) -> None:
-        self.last_id = await self.broker.partitioned.position(self.topic, self.last_id)
+        self._reader = await self.backend.broadcast_reader(self.topic, self.last_id)
+        self.last_id = self._reader.position
 
     def __aiter__(self) -> Broadcast:
         return self
@@ -436,15 +429,24 @@ class Broadcast(_Reader):
     async def __anext__(self) -> tuple[str, Message]:
         while True:
             entry = await self._next_entry()
-            self.last_id = entry.id if ":" not in entry.id else advance(self.last_id or "", entry.id)
-            message = self._decode(entry)
-            if message is not None and (self.filter is None or self.filter(message)):
+            assert self._reader is not None and self.last_id is not None  # set by _open
+            self.last_id = self._reader.after(self.last_id, entry)
+            try:
+                message = decode(entry.payload)
+            except InvalidMessage:
+                continue
+            if self.filter is None or self.filter(message):
                 return entry.id, message
 
     async def _fill(self) -> None:
-        assert self.last_id is not None  # set by _open
-        self._buffer.extend(
-            await self.broker.partitioned.read_after(
-                self.topic, self.last_id, count=self.batch, block_s=self.poll_interval_s
-            )
-        )
+        assert self._reader is not None  # set by _open
+        self._buffer.extend(await self._reader.read(count=self.batch, block_s=self.poll_interval_s))
+
+    async def aclose(self) -> None:
+        """Stop reading. Returns at once, cutting short a blocking read in progress."""
+        if self._closed:
+            return
+        await super().aclose()
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await self._reader.aclose()

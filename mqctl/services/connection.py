@@ -51,18 +51,6 @@ INTERNAL_ERROR = 1011
 TOO_SLOW = 4001
 TOO_SLOW_REASON = "send buffer full: client too slow; reconnect to resume"
 
-IdKey = tuple[int, int, int]
-
-
-def id_key(entry_id: str) -> IdKey:
-    """A message id ``"<ms>-<seq>"`` (or ``"<partition>:<ms>-<seq>"``) as ``(partition, ms, seq)``:
-    ids of one partition sort like the tuples do."""
-    partition, colon, rest = entry_id.partition(":")
-    if not colon:
-        partition, rest = "0", entry_id
-    ms, _, seq = rest.partition("-")
-    return int(partition), int(ms), int(seq or 0)
-
 
 def dumps(frame: dict[str, Any]) -> str:
     """One frame as compact JSON text."""
@@ -72,18 +60,20 @@ def dumps(frame: dict[str, Any]) -> str:
         return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
 
 
-def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str) -> str:
-    """The frame that carries one message to a client."""
-    return dumps(
-        {
-            "id": entry_id,
-            "type": message.type,
-            "content": message.content,
-            "headers": dict(message.headers),
-            "attempt": attempt,
-            "topic": topic,
-        }
-    )
+def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str, position: str | None = None) -> str:
+    """The frame that carries one message to a client. A broadcast frame carries ``position``, the
+    ``last_id`` to resume after it, where that is not the message's id (a partitioned topic)."""
+    frame = {
+        "id": entry_id,
+        "type": message.type,
+        "content": message.content,
+        "headers": dict(message.headers),
+        "attempt": attempt,
+        "topic": topic,
+    }
+    if position is not None and position != entry_id:
+        frame["position"] = position
+    return dumps(frame)
 
 
 def error_frame(code: str, detail: str) -> str:
@@ -191,7 +181,7 @@ class Connection:
         self.capacity = capacity
         self.unacked: dict[str, Delivery] = {}
         """Deliveries queued or sent to this client and not yet acknowledged, by id."""
-        self.held: list[tuple[IdKey, str]] | None = None
+        self.held: list[tuple[str, str]] | None = None
         """Live broadcast frames held back while this connection catches up from history."""
         self.wake: Callable[[], None] = _nothing
         """Called when the outbox has room again (set by the group pump)."""

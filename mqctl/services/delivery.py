@@ -74,9 +74,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
@@ -107,7 +106,6 @@ from mqctl.services.startup import broker_for, check_broker
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
-_ID = re.compile(r"(\d{1,3}:)?\d{1,20}(-\d{1,20})?(,\d{1,3}:\d{1,20}(-\d{1,20})?){0,255}")
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -132,8 +130,11 @@ class Params:
     last_id: str | None
 
 
-def parse_params(query: QueryParams, settings: Settings) -> Params:
-    """The ``/ws`` query parameters as ``Params``; raises ``InvalidParameter``."""
+def parse_params(
+    query: QueryParams, settings: Settings, check_position: Callable[[str], object] = lambda position: position
+) -> Params:
+    """The ``/ws`` query parameters as ``Params``; raises ``InvalidParameter``. ``check_position``
+    is the broker's (positions are its own)."""
     topic = _checked("topic", query.get("topic") or settings.topic)
     mode = query.get("mode") or "group"
     if mode not in ("group", "broadcast"):
@@ -148,10 +149,10 @@ def parse_params(query: QueryParams, settings: Settings) -> Params:
                 "last_id",
                 "last_id resumes a broadcast; use mode=broadcast (a group resumes where it left off by itself).",
             )
-        if not _ID.fullmatch(last_id):
-            raise InvalidParameter(
-                "last_id", f"Invalid last_id {last_id!r}; expected a message id like '1700000000000-0'."
-            )
+        try:
+            check_position(last_id)
+        except ConfigError as exc:
+            raise InvalidParameter("last_id", f"Invalid last_id: {exc}") from exc
     return Params(
         topic=topic,
         mode="broadcast" if mode == "broadcast" else "group",
@@ -327,7 +328,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             await _refuse(websocket, POLICY_VIOLATION, "unauthorized", detail, "missing or wrong token")
             return
         try:
-            params = parse_params(websocket.query_params, settings)
+            params = parse_params(websocket.query_params, settings, hub.broker.check_position)
         except InvalidParameter as exc:
             reason = str(exc) if len(str(exc).encode()) <= 123 else f"Invalid query parameter {exc.name!r}."
             await _refuse(websocket, POLICY_VIOLATION, "invalid_parameter", str(exc), reason)

@@ -29,7 +29,6 @@ from mqctl.config import Settings
 from mqctl.core.broker import Broker
 from mqctl.core.errors import BrokerUnavailable, InvalidMessage, SubscriptionClosed
 from mqctl.core.message import Message, decode
-from mqctl.core.partitions import join_id, parse_cursor, stream_name
 from mqctl.core.retry import RetryPolicy
 from mqctl.core.subscription import Broadcast, Delivery
 from mqctl.services.connection import (
@@ -37,7 +36,6 @@ from mqctl.services.connection import (
     TOO_SLOW_REASON,
     Connection,
     dumps,
-    id_key,
     message_frame,
     settle,
 )
@@ -251,23 +249,24 @@ class BroadcastPump(_Pump):
 
     async def _pump(self) -> None:
         if self._reader is None:
-            start = await self.broker.partitioned.last_id(self.topic)
-            self._reader = self.broker.broadcast(self.topic, last_id=start, poll_interval=self.settings.poll_interval_s)
+            reader = self.broker.broadcast(self.topic, poll_interval=self.settings.poll_interval_s)
+            await reader.__aenter__()  # fixes "now": a client told "subscribed" misses nothing after it
             if self.metrics is not None:
-                self._reader.on_poll = self.metrics.poll_observer("broadcast")
+                reader.on_poll = self.metrics.poll_observer("broadcast")
+            self._reader = reader
             self.opened.set()
         async for entry_id, message in self._reader:
-            self._fan_out(entry_id, message)
+            self._fan_out(entry_id, message, self._reader.last_id)
 
-    def _fan_out(self, entry_id: str, message: Message) -> None:
+    def _fan_out(self, entry_id: str, message: Message, position: str | None) -> None:
         text: str | None = None
         for connection in self.connections:
             if connection.closing or not connection.accepts(message):
                 continue
             if text is None:
-                text = message_frame(entry_id, message, attempt=1, topic=self.topic)
+                text = message_frame(entry_id, message, attempt=1, topic=self.topic, position=position)
             if connection.held is not None:
-                connection.held.append((id_key(entry_id), text))
+                connection.held.append((entry_id, text))
                 if len(connection.held) <= connection.capacity:
                     continue
             elif connection.push(text, message=True):
@@ -279,74 +278,40 @@ class BroadcastPump(_Pump):
         """Send ``connection`` what it missed after ``last_id``, then the live messages.
 
         It joins the live fan-out first (frames held back), reads the retained history,
-        then releases the held frames that come after the last one read: no gap, no
-        duplicate.
+        then releases the held frames the history did not cover: no gap, no duplicate.
         """
         connection.held = []
         self.attach(connection)
-        gap = await self._patiently(lambda: self.broker.partitioned.history_gap(self.topic, last_id), connection)
+        gap = await self._patiently(lambda: self.broker.history_gap(self.topic, last_id), connection)
         if gap is not None:
             detail, first_id = gap
             connection.push(dumps({"event": "history_lost", "detail": detail, "first_id": first_id}), force=True)
-        partitions = await self._patiently(lambda: self.broker.partitioned.count(self.topic), connection)
-        if partitions > 1:
-            await self._resume_partitions(connection, parse_cursor(last_id, partitions))
-            return
-        cursor = last_id
-        while True:
-            read = functools.partial(
-                self.broker.backend.read_after, self.topic, cursor, count=HISTORY_PAGE, block_s=0.001
-            )
-            entries = await self._patiently(read, connection)
-            for entry in entries:
-                cursor = entry.id
-                try:
-                    message = decode(entry.payload)
-                except InvalidMessage:
-                    continue
-                if connection.accepts(message):
-                    text = message_frame(entry.id, message, attempt=1, topic=self.topic)
-                    if not await connection.push_wait(text, message=True):
-                        return
-            if len(entries) < HISTORY_PAGE:
-                break
-        # Release what was held back, in rounds: frames that arrive meanwhile are held in turn.
-        # The switch to live happens with no await between the check and it.
-        last = id_key(cursor)
-        while connection.held:
-            held, connection.held = connection.held, []
-            for key, text in held:
-                if key > last and not await connection.push_wait(text, message=True):
-                    return
-        connection.held = None
-
-    async def _resume_partitions(self, connection: Connection, cursor: list[str]) -> None:
-        """``resume`` for a partitioned topic: each partition's history after its own id."""
-        partitions = len(cursor)
-        for p in range(partitions):
-            stream = stream_name(self.topic, p, partitions)
+        history = await self._patiently(lambda: self.broker.backend.broadcast_reader(self.topic, last_id), connection)
+        position = history.position
+        try:
             while True:
-                read = functools.partial(
-                    self.broker.backend.read_after, stream, cursor[p], count=HISTORY_PAGE, block_s=0.001
-                )
+                read = functools.partial(history.read, count=HISTORY_PAGE, block_s=0.001)
                 entries = await self._patiently(read, connection)
                 for entry in entries:
-                    cursor[p] = entry.id
+                    position = history.after(position, entry)
                     try:
                         message = decode(entry.payload)
                     except InvalidMessage:
                         continue
                     if connection.accepts(message):
-                        text = message_frame(join_id(p, entry.id), message, attempt=1, topic=self.topic)
+                        text = message_frame(entry.id, message, attempt=1, topic=self.topic, position=position)
                         if not await connection.push_wait(text, message=True):
                             return
                 if len(entries) < HISTORY_PAGE:
                     break
-        last = [id_key(join_id(p, raw)) for p, raw in enumerate(cursor)]
+        finally:
+            await history.aclose()
+        # Release what was held back, in rounds: frames that arrive meanwhile are held in turn.
+        # The switch to live happens with no await between the check and it.
         while connection.held:
             held, connection.held = connection.held, []
-            for key, text in held:
-                if key > last[key[0]] and not await connection.push_wait(text, message=True):
+            for entry_id, text in held:
+                if not self.broker.covers(position, entry_id) and not await connection.push_wait(text, message=True):
                     return
         connection.held = None
 

@@ -9,9 +9,9 @@ because a message posted to Service A before any WebSocket client connects must 
 ``check_broker(broker, service)`` runs once at start, in the background (the broker may be
 down; the service serves anyway and answers 503 until it is back). When the broker refuses
 mqctl (protected mode, a password, an ACL, a read-only replica, a disk it cannot save to) it
-logs one line with what the broker answered and what to do. Then it reads Redis's eviction
-policy: one that deletes keys when Redis is full can delete a topic's stream, and every
-message in it, without an error anywhere, so anything but ``noeviction`` gets a WARNING.
+logs one line with what the broker answered and what to do. Then it logs a WARNING for each
+way the broker's configuration can lose messages (``Broker.warnings``: a Redis set to evict
+keys when it is full can delete a topic's stream, and every message in it, without an error).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ def broker_for(settings: Settings) -> Broker:
 
 
 CHECK_TIMEOUT_S = 5.0
-SAFE_POLICY = "noeviction"
 
 
 async def check_broker(broker: Broker, service: str) -> str | None:
@@ -59,30 +58,20 @@ async def check_broker(broker: Broker, service: str) -> str | None:
     except BrokerUnavailable as exc:
         problem = str(exc)
     else:
-        await warn_if_evicting(broker, service)
+        await warn_about(broker, service)
         return None
     log.error("%s cannot use its broker yet (it serves, and answers 503 meanwhile): %s", service, problem)
     return problem
 
 
-async def warn_if_evicting(broker: Broker, service: str) -> str | None:
-    """Log a WARNING if the broker may delete keys when full; return its policy (None: unknown)."""
+async def warn_about(broker: Broker, service: str) -> list[str]:
+    """Log a WARNING for each way the broker's configuration can lose messages; return them."""
     try:
         async with asyncio.timeout(CHECK_TIMEOUT_S):
-            policy = await broker.eviction_policy()
+            warnings = await broker.warnings()
     except (MQError, TimeoutError) as exc:
-        log.info("%s could not read the broker's eviction policy (%s); it should be %s.", service, exc, SAFE_POLICY)
-        return None
-    if policy is not None and policy != SAFE_POLICY:
-        what = "idempotency records" if policy.startswith("volatile") else "topic streams and the messages in them"
-        log.warning(
-            "%s: Redis has maxmemory-policy %r, so when it is full it deletes keys, %s included, without an "
-            "error. Set maxmemory-policy %s (CONFIG SET maxmemory-policy %s, and in redis.conf) so that a full "
-            "Redis refuses publishes (503 broker_out_of_memory) instead.",
-            service,
-            policy,
-            what,
-            SAFE_POLICY,
-            SAFE_POLICY,
-        )
-    return policy
+        log.info("%s could not read the broker's configuration (%s).", service, exc)
+        return []
+    for warning in warnings:
+        log.warning("%s: %s", service, warning)
+    return warnings

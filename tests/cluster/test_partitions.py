@@ -11,7 +11,7 @@ import pytest
 
 import mqctl
 from mqctl.backends.keyspace import Keyspace
-from mqctl.core.partitions import split_id, stream_name
+from mqctl.backends.partitioned import split_id, stream_name
 from tests.contract.consuming import Consumer, eventually
 from tests.redis_cluster import RedisCluster
 

@@ -29,16 +29,17 @@ async def _reading(subscription: mqctl.Subscription) -> asyncio.Task[mqctl.Deliv
 
 
 async def test_acks_during_a_read_go_out_together(broker: mqctl.Broker, mocker: Any) -> None:
-    """Acks that arrive while a blocking read is in flight are sent in a few XACKs, not one each."""
+    """Acks that arrive while a blocking read is in flight are sent in a few round trips, not one each."""
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(20)])
-    backend_ack = mocker.spy(broker.partitioned, "ack")
-    async with broker.subscribe("orders", batch=20, poll_interval=5) as sub:
+    sub = broker.subscribe("orders", batch=20, poll_interval=5)
+    backend_ack = mocker.spy(sub._reader, "ack")
+    async with sub:
         deliveries = await take(sub, 20)
         reading = await _reading(sub)
         await asyncio.gather(*(d.ack() for d in deliveries))
 
-        sent = [i for call in backend_ack.call_args_list for i in call.args[2]]
-        assert sorted(sent) == sorted(d.id for d in deliveries)
+        sent = [h for call in backend_ack.call_args_list for h in call.args[0]]
+        assert sorted(map(id, sent)) == sorted(id(d._handle) for d in deliveries)
         assert backend_ack.call_count <= 2  # the first alone, the other 19 together
         assert await _pending(broker, "orders") == 0
         reading.cancel()
@@ -65,10 +66,11 @@ async def test_an_ack_cancelled_before_its_batch_leaves_is_not_sent(broker: mqct
 async def test_a_failed_shared_ack_reaches_every_awaiter(broker: mqctl.Broker, mocker: Any) -> None:
     """When the XACK of a batch fails, every ack in it raises, and the messages stay pending."""
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(4)])
-    async with broker.subscribe("orders", batch=4, poll_interval=5, ack_timeout=60) as sub:
+    sub = broker.subscribe("orders", batch=4, poll_interval=5, ack_timeout=60)
+    async with sub:
         deliveries = await take(sub, 4)
         reading = await _reading(sub)
-        mocker.patch.object(broker.partitioned, "ack", side_effect=mqctl.BrokerUnavailable("gone"))
+        mocker.patch.object(sub._reader, "ack", side_effect=mqctl.BrokerUnavailable("gone"))
         results = await asyncio.gather(*(d.ack() for d in deliveries), return_exceptions=True)
         assert all(isinstance(r, mqctl.BrokerUnavailable) for r in results), results
         mocker.stopall()
@@ -118,13 +120,14 @@ async def test_acks_of_a_fast_loop_ride_with_its_reads(broker: mqctl.Broker, moc
     each (the linger is stretched here so that a slow machine cannot flush one early)."""
     mocker.patch.object(subscription_module, "ACK_LINGER_S", 30.0)
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(300)])
-    backend_ack = mocker.spy(broker.partitioned, "ack")
-    read_group = mocker.spy(broker.partitioned, "read_group")
-    async with broker.subscribe("orders", batch=100, poll_interval=5) as sub:
+    sub = broker.subscribe("orders", batch=100, poll_interval=5)
+    backend_ack = mocker.spy(sub._reader, "ack")
+    read = mocker.spy(sub._reader, "read")
+    async with sub:
         async for delivery in sub:
             await delivery.ack()
             if delivery.message.content == 299:
                 break
-        assert [len(call.kwargs["ack"]) for call in read_group.call_args_list] == [0, 100, 100]
+        assert [len(call.kwargs["ack"]) for call in read.call_args_list] == [0, 100, 100]
     assert backend_ack.call_count == 1  # the last 100, at close
     assert await _pending(broker, "orders") == 0

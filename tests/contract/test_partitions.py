@@ -7,9 +7,15 @@ import asyncio
 import pytest
 
 import mqctl
-from mqctl.core.partitions import split_id
-from tests.conftest import BrokerFactory
+from mqctl.backends.partitioned import split_id
+from tests.conftest import BrokerFactory, BrokerURL
 from tests.contract.consuming import Consumer, eventually, take, take_broadcast
+
+
+@pytest.fixture(autouse=True)
+def _backend_with_partitions(broker_url: BrokerURL) -> None:
+    if broker_url.backend == "nats":
+        pytest.skip("nats:// splits no topic into partitions (see test_a_backend_without_partitions_says_so)")
 
 
 async def test_create_topic_sets_the_partition_count_once(broker: mqctl.Broker) -> None:
@@ -127,6 +133,25 @@ async def test_nack_and_dead_letters_work_per_partition(broker: mqctl.Broker) ->
     assert sorted(d.message.content for d in again) == [0, 1, 2]
 
 
+async def test_dead_letters_page_over_the_partitions_without_repeats(broker: mqctl.Broker) -> None:
+    """Dead letters listed one page at a time (each page after the last letter of the one before)
+    give every letter of every partition once (a page after a letter of one partition repeated
+    the other partitions' letters before)."""
+    await broker.create_topic("orders", partitions=3)
+    ids = [await broker.publish("orders", {"type": "n", "content": i}) for i in range(6)]
+    async with broker.subscribe("orders", poll_interval=0.05, max_attempts=1) as sub:
+        for delivery in await take(sub, 6):
+            await delivery.nack(0)
+
+    paged: list[str] = []
+    after = ""
+    while page := await broker.dead_letters("orders", count=2, after=after):
+        paged += [d.original_id for d in page]
+        after = page[-1].id
+        assert len(paged) <= 6, paged
+    assert sorted(paged) == sorted(ids)
+
+
 async def test_capacity_is_per_partition(connect_broker: BrokerFactory) -> None:
     """max_backlog applies to each partition: a full partition refuses, naming the topic, another accepts."""
     async with connect_broker(max_backlog=2) as broker:
@@ -140,7 +165,7 @@ async def test_capacity_is_per_partition(connect_broker: BrokerFactory) -> None:
 
 
 def _partition_of(key: str, partitions: int) -> int:
-    from mqctl.core.partitions import pick
+    from mqctl.backends.partitioned import pick
 
     return pick(key, partitions)
 

@@ -11,7 +11,7 @@ import pytest
 
 import mqctl
 from mqctl import Broker, BrokerOptions, RetryPolicy
-from mqctl.backends.memory import MemoryBackend
+from mqctl.backends import memory
 from mqctl.core.backend import Limits, Outgoing
 
 NO_WAIT = RetryPolicy(base_s=0.0, cap_s=0.0, jitter=0.0)
@@ -21,7 +21,7 @@ class Scripted:
     """A memory backend whose ``add`` first raises the scripted errors (or hangs on ``"hang"``)."""
 
     def __init__(self, *script: Exception | str) -> None:
-        self.inner = MemoryBackend(f"unit-{uuid.uuid4().hex}")
+        self.inner = memory.from_url(f"memory://unit-{uuid.uuid4().hex}")
         self.script = list(script)
         self.add_calls: list[int] = []
 

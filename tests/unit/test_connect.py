@@ -7,14 +7,15 @@ from typing import Any
 import pytest
 
 import mqctl
-from mqctl.backends.memory import MemoryBackend
+from mqctl.backends.memory import MemoryStore
+from mqctl.backends.streams import StreamBackend
 
 
 def test_memory_url_opens_the_memory_backend() -> None:
     """memory:// (the default URL) gives a broker over the in-process backend."""
     broker = mqctl.open_broker()
 
-    assert isinstance(broker.backend, MemoryBackend)
+    assert isinstance(broker.backend, StreamBackend) and isinstance(broker.backend.store.backend, MemoryStore)
     assert broker.url == "memory://"
 
 
@@ -96,13 +97,14 @@ async def test_closed_memory_broker_is_unavailable() -> None:
 
 def test_cluster_url_lists_its_seed_nodes() -> None:
     """redis+cluster://h:p,h:p opens the cluster backend with every listed node as a seed (nothing connects yet)."""
-    from mqctl.backends.cluster import ClusterBackend
+    from mqctl.backends.cluster import ClusterStore
 
     broker = mqctl.open_broker("redis+cluster://user:secret@127.0.0.1:7000,127.0.0.2:7001", prefix="t")
 
-    assert isinstance(broker.backend, ClusterBackend)
-    assert [(n.host, n.port) for n in broker.backend.client.startup_nodes] == [("127.0.0.1", 7000), ("127.0.0.2", 7001)]
-    assert "secret" not in broker.backend.display_url
+    store = broker.backend.store.backend  # type: ignore[attr-defined]
+    assert isinstance(store, ClusterStore)
+    assert [(n.host, n.port) for n in store.client.startup_nodes] == [("127.0.0.1", 7000), ("127.0.0.2", 7001)]
+    assert "secret" not in store.display_url
 
 
 def test_rediss_cluster_url_uses_tls() -> None:
@@ -111,7 +113,8 @@ def test_rediss_cluster_url_uses_tls() -> None:
 
     broker = mqctl.open_broker("rediss+cluster://127.0.0.1:7000")
 
-    assert broker.backend.client.connection_kwargs["connection_class"] is SSLConnection  # type: ignore[attr-defined]
+    store = broker.backend.store.backend  # type: ignore[attr-defined]
+    assert store.client.connection_kwargs["connection_class"] is SSLConnection
 
 
 @pytest.mark.parametrize(
@@ -129,6 +132,6 @@ def test_bad_cluster_url_raises_config_error(url: str, match: str) -> None:
 
 def test_replica_wait_options_are_checked() -> None:
     """min_replicas must be a whole number >= 0 (the replica wait is off by default)."""
-    assert mqctl.open_broker("redis://127.0.0.1:1/0").backend.min_replicas == 0  # type: ignore[attr-defined]
+    assert mqctl.open_broker("redis://127.0.0.1:1/0").backend.store.backend.min_replicas == 0  # type: ignore[attr-defined]
     with pytest.raises(mqctl.ConfigError, match="min_replicas"):
         mqctl.open_broker("redis+cluster://127.0.0.1:7000", min_replicas=-1)

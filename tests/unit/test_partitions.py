@@ -7,7 +7,15 @@ import binascii
 import pytest
 
 import mqctl
-from mqctl.core.partitions import advance, check_partitions, format_cursor, parse_cursor, pick, split_id, stream_name
+from mqctl.backends.partitioned import (
+    advance,
+    check_partitions,
+    format_cursor,
+    parse_cursor,
+    pick,
+    split_id,
+    stream_name,
+)
 
 
 def _slot(name: str) -> int:

@@ -35,7 +35,8 @@ with warnings.catch_warnings():
     from starlette.testclient import TestClient, WebSocketTestSession
 
 import mqctl
-from mqctl.backends.memory import MemoryBackend
+from mqctl.backends.memory import MemoryStore
+from mqctl.backends.streams import StreamBackend
 from mqctl.config import Settings
 from mqctl.services import connection as connection_module
 from mqctl.services import pumps as pumps_module
@@ -696,10 +697,10 @@ async def test_shutdown_closes_sockets_1001_and_hands_back_unacked_messages() ->
         await broker.aclose()
 
 
-class SwitchableBackend:
-    """A memory backend the test can switch off: every call raises BrokerUnavailable meanwhile."""
+class SwitchableStore:
+    """A memory store the test can switch off: every call raises BrokerUnavailable meanwhile."""
 
-    def __init__(self, inner: MemoryBackend) -> None:
+    def __init__(self, inner: MemoryStore) -> None:
         self.inner = inner
         self.down = False
 
@@ -721,8 +722,8 @@ async def test_pump_keeps_retrying_while_the_broker_is_down_and_resumes(caplog: 
     """An unreachable broker keeps clients connected; delivery resumes by itself once it is back."""
     settings = make_settings()
     name = settings.broker_url.removeprefix("memory://")
-    backend = SwitchableBackend(MemoryBackend(name))
-    flaky = mqctl.Broker(backend)
+    backend = SwitchableStore(MemoryStore(name))
+    flaky = mqctl.Broker(StreamBackend(backend))  # type: ignore[arg-type]
     app = create_app(settings, broker=flaky)
     async with (
         mqctl.connect(settings.broker_url) as healthy,

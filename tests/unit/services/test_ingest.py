@@ -65,7 +65,8 @@ async def client(broker: mqctl.Broker) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def stored(broker: mqctl.Broker, topic: str = TOPIC) -> list[tuple[str, mqctl.Message]]:
-    entries = await broker.backend.read_after(topic, "0-0", count=100, block_s=0)
+    reader = await broker.backend.broadcast_reader(topic, "0")
+    entries = await reader.read(count=100, block_s=0.001)
     return [(entry.id, decode(entry.payload)) for entry in entries]
 
 

@@ -1,4 +1,5 @@
-"""Partitioned topics: one topic stored as N streams, each on its own Redis Cluster slot.
+"""Partitioned topics of the stream stores: one topic stored as N streams, each on its own
+Redis Cluster slot. The one module that knows partitions, their names and their ids.
 
 A topic has a fixed number of partitions, set when it is first used (``Broker.create_topic``,
 else 1) and kept by the backend. Partition 0 is stored under the topic's own name, so a
@@ -12,10 +13,12 @@ Ids of partitioned topics carry their partition: a message id is ``"<p>:<ms>-<se
 (ids of 1-partition topics are plain ``"<ms>-<seq>"``, as before). A broadcast position
 is a *cursor* naming every partition's last id: ``"0:<ms>-<seq>,1:<ms>-<seq>,..."``.
 
-``Partitioned`` is the storage view the broker and its subscriptions use: the ``Backend``
-protocol over a backend, where a partitioned topic reads as one topic with composite ids.
-Group reads wait on every partition at once (one blocking read each, as partitions may
-live on different nodes) and return whatever arrives first.
+``Partitioned`` is a ``StreamStore`` over a ``StreamStore`` where a partitioned topic reads as
+one topic with composite ids: ``StreamBackend`` (``streams.py``) always goes through it.
+Publishes go to the partition of their key (or idempotency key); those without a key go
+together to the next partition in turn, so a coalesced batch stays one round trip. Group
+reads wait on every partition at once (one blocking read each, as partitions may live on
+different nodes) and return whatever arrives first.
 """
 
 from __future__ import annotations
@@ -25,17 +28,23 @@ import binascii
 import contextlib
 import functools
 import logging
+import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mqctl.core.backend import Backend, DeadLetter, Entry, GroupStats, TopicStats
-from mqctl.core.errors import ConfigError
+from mqctl.core.backend import DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
+from mqctl.core.errors import ConfigError, QueueFull
+
+if TYPE_CHECKING:
+    from mqctl.backends.streams import StreamStore
 
 log = logging.getLogger(__name__)
 
 MAX_PARTITIONS = 256
+STICKY_BATCH = 100
+"""Units without a key that go to one partition before the next partition gets some."""
 SEPARATOR = "#"
 _SLOTS = 16384  # Redis Cluster hash slots
 _WINDOW = 64  # a partition's slot lands within this many slots of its even share of the ring
@@ -134,6 +143,33 @@ def format_cursor(ids: Sequence[str]) -> str:
     return ",".join(join_id(p, raw) for p, raw in enumerate(ids))
 
 
+_POSITION = re.compile(r"\$|(\d{1,3}:)?\d{1,20}(-\d{1,20})?(,\d{1,3}:\d{1,20}(-\d{1,20})?){0,255}")
+
+
+def check_position(position: str) -> str:
+    """A message id (``"<ms>-<seq>"``, ``"<p>:<ms>-<seq>"``) or a cursor of them, else ``ConfigError``."""
+    if not _POSITION.fullmatch(position):
+        raise ConfigError(
+            f"Invalid position {position!r}; expected a message id like '1700000000000-0' (or the 'position' "
+            "of a broadcast frame)."
+        )
+    return position
+
+
+def covers(position: str, entry_id: str) -> bool:
+    """True if a broadcast at ``position`` has read ``entry_id`` already (a cursor, per partition)."""
+    if position in ("$", ""):
+        return False
+    if ":" not in entry_id:
+        return ":" not in position and _id_key(entry_id) <= _id_key(position)
+    partition, raw = split_id(entry_id)
+    for part in position.split(","):
+        p, seen = split_id(part)
+        if p == partition:
+            return _id_key(raw) <= _id_key(seen)
+    return False
+
+
 def advance(cursor: str, entry_id: str) -> str:
     """The broadcast position after ``entry_id`` was read from position ``cursor``."""
     if ":" not in entry_id:
@@ -145,9 +181,9 @@ def advance(cursor: str, entry_id: str) -> str:
 
 
 class Partitioned:
-    """The ``Backend`` protocol over ``backend``, with each partitioned topic read as one topic."""
+    """A ``StreamStore`` over ``backend`` (a store), with each partitioned topic read as one topic."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: StreamStore) -> None:
         self.backend = backend
         self._counts: dict[str, int] = {}
         self._next: dict[str, int] = {}
@@ -189,6 +225,38 @@ class Partitioned:
 
     async def partitions(self, topic: str, *, create: int | None = None) -> int:
         return await self.backend.partitions(topic, create=create)
+
+    async def add(self, topic: str, units: Sequence[Sequence[Outgoing]], limits: Limits) -> list[list[str] | QueueFull]:
+        n = await self.count(topic)
+        if n == 1:
+            return await self.backend.add(topic, units, limits)
+        by_partition: dict[int, list[int]] = {}
+        unkeyed = 0
+        for index, unit in enumerate(units):
+            key = unit[0].key if unit[0].key is not None else unit[0].idempotency_key
+            if key is None:
+                # As Kafka's "sticky" partitioner: units without a key fill one partition's batch
+                # (up to STICKY_BATCH) before the next partition gets one, so a burst spreads over
+                # the partitions and still costs about as many round trips as on one stream.
+                if unkeyed % STICKY_BATCH == 0:
+                    p = self.next_partition(topic, n)
+                unkeyed += 1
+            else:  # a retried publish must find its idempotency key where it stored it: that key picks too
+                p = pick(key, n)
+            by_partition.setdefault(p, []).append(index)
+        results: list[list[str] | QueueFull] = [[] for _ in units]
+
+        async def add_to(p: int, indexes: list[int]) -> None:
+            replies = await self.backend.add(stream_name(topic, p, n), [units[i] for i in indexes], limits)
+            for i, reply in zip(indexes, replies, strict=True):
+                results[i] = (
+                    QueueFull(topic, reply.backlog, reply.max_backlog)
+                    if isinstance(reply, QueueFull)
+                    else [join_id(p, r) for r in reply]
+                )
+
+        await asyncio.gather(*(add_to(p, indexes) for p, indexes in by_partition.items()))
+        return results
 
     async def create_group(self, topic: str, group: str, *, from_start: bool) -> bool:
         n = await self.count(topic)
@@ -370,6 +438,13 @@ class Partitioned:
         first = format_cursor([part.first_id or "0-0" for part in parts])
         return f"Messages after {after_id!r} may be lost, in {'; in '.join(gaps)}", first
 
+    def after(self, position: str, entry_id: str) -> str:
+        """The broadcast position after ``entry_id`` was read from ``position``."""
+        return advance(position, entry_id)
+
+    def covers(self, position: str, entry_id: str) -> bool:
+        return covers(position, entry_id)
+
     async def position(self, topic: str, last_id: str | None) -> str:
         """A broadcast's starting position: now (``last_id`` None), or ``last_id`` as a full cursor."""
         if last_id is None:
@@ -418,17 +493,18 @@ class Partitioned:
         n = await self.peek(topic)
         if n == 1:
             return await self.backend.dead_letters(topic, count=count, after=after)
-        cursor = ["-"] * n if after in ("-", "0", "0-0") else parse_cursor(after, n)
-        streams = self.streams(topic, n)
-        pages = await asyncio.gather(
-            *(self.backend.dead_letters(s, count=count, after=a) for s, a in zip(streams, cursor, strict=True))
-        )
-        letters = [
-            replace(d, id=join_id(p, d.id), original_id=join_id(p, d.original_id))
-            for p, page in enumerate(pages)
-            for d in page
-        ]
-        return sorted(letters, key=lambda d: (d.dead_at_ms, d.id))[:count]
+        # Partition by partition, each oldest first: a dead letter's own id ("<p>:<ms>-<seq>") is
+        # where the next page starts, so paging never repeats a letter nor skips one.
+        start, raw = (0, "-") if after in ("", "-", "0", "0-0") else split_id(after)
+        letters: list[DeadLetter] = []
+        for p in range(start, n):
+            page = await self.backend.dead_letters(
+                stream_name(topic, p, n), count=count - len(letters), after=raw if p == start else "-"
+            )
+            letters += [replace(d, id=join_id(p, d.id), original_id=join_id(p, d.original_id)) for d in page]
+            if len(letters) >= count:
+                break
+        return letters
 
     async def remove_dead_letters(self, topic: str, ids: Sequence[str] | None) -> int:
         n = await self.peek(topic)
@@ -448,6 +524,9 @@ class Partitioned:
 
     async def ping(self, *, write: bool = False) -> None:
         await self.backend.ping(write=write)
+
+    async def warnings(self) -> list[str]:
+        return await self.backend.warnings()
 
     async def aclose(self) -> None:
         pending = [t for reads in self._group_reads.values() for t in reads.values()]
