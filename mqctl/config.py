@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     replicas: int = Field(
         0,
         ge=0,
-        description="Service A answers 202 only once this many Redis replicas have the message (WAIT); 0: off.",
+        description=(
+            "Service A answers 202 only once this many replicas have the message: Redis WAIT; on nats:// each "
+            "stream keeps replicas + 1 copies and acks on a quorum. 0: off."
+        ),
     )
     replica_timeout_s: float = Field(1.0, gt=0, description="Longest wait for those replicas before a 503, seconds.")
     ws_send_buffer: int = Field(1000, ge=1, description="Frames queued for one WebSocket client before it is closed.")

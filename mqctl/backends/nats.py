@@ -3,9 +3,12 @@
 How the broker's terms map onto JetStream:
 
     topic         a stream, ``<prefix>_<topic>``, of one subject ``<prefix>.t.<topic>``, with
-                  interest retention: a message stays while a group has not acknowledged it,
-                  so nothing a group still needs is dropped, and ``max_backlog`` is the stream's
-                  ``max_msgs`` with ``DiscardPolicy.NEW`` (a full topic refuses; nothing is evicted)
+                  limits retention, ``max_msgs`` = ``max_backlog`` and ``DiscardPolicy.NEW``: a
+                  full stream refuses, nothing is evicted. mqctl drops acknowledged history itself
+                  (``_make_room``): what every group has acknowledged beyond the newest
+                  ``retention`` messages, never what a group still needs; a publish that finds the
+                  stream full drops all acknowledged history to make room, then counts the backlog
+                  and refuses (``QueueFull``) only if that is over ``max_backlog``
     group         a durable pull consumer: ``ack_wait`` is the ack timeout, redelivery after it is
                   the server's, ``num_delivered`` is the attempt; ``nack(delay)`` is ``NAK`` with a
                   delay; every ack, nack and term is a request the server answers once done
@@ -18,9 +21,10 @@ How the broker's terms map onto JetStream:
     broadcast     an ordered consumer from a stream sequence; a position is that sequence
     ids           stream sequences, as decimal strings
 
-Names are escaped for JetStream (``.`` and ``_`` become ``_2E`` and ``_5F``). Acknowledged
-history is not kept (interest retention), so a broadcast resumes only over messages some
-group still needs (``Capabilities.retained_history`` is False); topics have one partition.
+Not interest retention, though it would count the backlog on the server: on a cluster, a
+message published while a consumer was still being set up on the stream's leader was dropped
+as nobody's (seen in tests/cluster/test_nats_cluster.py). Names are escaped for JetStream
+(``.`` and ``_`` become ``_2E`` and ``_5F``). Topics have one partition.
 """
 
 from __future__ import annotations
@@ -69,6 +73,9 @@ log = logging.getLogger(__name__)
 DEFAULT_PREFIX = "mqctl"
 MAX_BATCH = 1000
 """Most messages in one atomic batch (the server's default limit)."""
+TRIM_EVERY = 1000
+"""Messages a process publishes to a topic between two trims of its acknowledged history (fewer
+when ``retention`` is smaller, 10 at least)."""
 _FULL = 10077  # JetStream: "maximum messages exceeded"
 _NO_SPACE = (10047, 10023)  # "insufficient resources", "storage resources exceeded"
 _ORIGINAL_ID = "Mqctl-Original-Id"
@@ -97,7 +104,7 @@ def _seq(value: str) -> int:
 class NatsBackend:
     """Topics on NATS JetStream. See ``mqctl.core.backend.Backend`` and this module's docstring."""
 
-    capabilities = Capabilities(partitions=False, retained_history=False, consumer_names=False)
+    capabilities = Capabilities(partitions=False, retained_history=True, consumer_names=False)
 
     def __init__(
         self,
@@ -123,6 +130,8 @@ class NatsBackend:
         self._js: JetStreamContext | None = None
         self._connecting = asyncio.Lock()
         self._streams: dict[str, Limits | None] = {}  # topic -> the limits its stream was set up with
+        self._published: dict[str, int] = {}  # topic -> messages published since the last trim
+        self._trimming: dict[str, asyncio.Lock] = {}
         self._closed = False
 
     # -- names ---------------------------------------------------------------------
@@ -172,10 +181,12 @@ class NatsBackend:
         return self._js
 
     async def _on_error(self, exc: Exception) -> None:
-        log.warning("NATS at %s: %s", self.display_url, exc)
+        if not self._closed:
+            log.warning("NATS at %s: %s", self.display_url, exc)
 
     async def _on_disconnected(self) -> None:
-        log.warning("NATS at %s: disconnected; reconnecting", self.display_url)
+        if not self._closed:  # not our own aclose()
+            log.warning("NATS at %s: disconnected; reconnecting", self.display_url)
 
     async def _on_reconnected(self) -> None:
         log.info("NATS at %s: reconnected", self.display_url)
@@ -226,11 +237,13 @@ class NatsBackend:
         if topic in self._streams and (limits is None or self._streams[topic] == limits):
             return
         js = await self.js()
+        # The stream refuses at max_backlog messages: then a publish drops acknowledged history to make
+        # room and counts the backlog itself (_make_room), refusing only over max_backlog.
         max_msgs = -1 if limits is None or limits.max_backlog is None else limits.max_backlog
         config = StreamConfig(
             name=self.stream(topic),
             subjects=[self.subject(topic)],
-            retention=RetentionPolicy.INTEREST,
+            retention=RetentionPolicy.LIMITS,
             max_msgs=max_msgs,
             discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
@@ -244,7 +257,6 @@ class NatsBackend:
             except jerr.NotFoundError:
                 await js.add_stream(config)
                 if limits is not None and limits.default_group:
-                    # before any publish: with interest retention a message nobody wants is not kept
                     await self._create_consumer(topic, limits.default_group, from_start=True)
             else:
                 if limits is not None and (
@@ -265,8 +277,14 @@ class NatsBackend:
         options: ReaderOptions | None = None,
         start_seq: int | None = None,
     ) -> bool:
-        """Create (or bring in line) the group's durable consumer; False if it existed."""
+        """Create (or bring in line) the group's durable consumer; False if it existed.
+
+        "From now" is the stream's next sequence, read here, not ``DeliverPolicy.NEW``: on a
+        cluster a new consumer fixes "new" when its leader starts, which can be after publishes
+        that another process, seeing the consumer exist, already made (they were skipped)."""
         js = await self.js()
+        if not from_start and start_seq is None:
+            start_seq = (await js.stream_info(self.stream(topic))).state.last_seq + 1
         config = ConsumerConfig(
             durable_name=escape(group),
             ack_policy=AckPolicy.EXPLICIT,
@@ -309,21 +327,57 @@ class NatsBackend:
         js = await self.js()
         subject = self.subject(topic)
 
+        async def publish(unit: Sequence[Outgoing]) -> list[str]:
+            if len(unit) == 1:
+                message = unit[0]
+                headers = None if message.idempotency_key is None else {"Nats-Msg-Id": message.idempotency_key}
+                ack = await js.publish(subject, message.payload, headers=headers)
+                return [str(ack.seq)]
+            return await self._publish_batch(subject, unit)
+
         async def store(unit: Sequence[Outgoing]) -> list[str] | QueueFull:
             try:
-                if len(unit) == 1:
-                    message = unit[0]
-                    headers = None if message.idempotency_key is None else {"Nats-Msg-Id": message.idempotency_key}
-                    ack = await js.publish(subject, message.payload, headers=headers)
-                    return [str(ack.seq)]
-                return await self._publish_batch(subject, unit)
+                return await publish(unit)
             except jerr.APIError as exc:
-                if exc.err_code == _FULL:
-                    return QueueFull(topic, limits.max_backlog or 0, limits.max_backlog or 0)
-                raise
+                if exc.err_code != _FULL:
+                    raise
+            # The stream is at max_backlog: drop acknowledged history to make room, then count.
+            backlog = await self._make_room(topic, limits, full=True)
+            if limits.max_backlog is not None and backlog + len(unit) > limits.max_backlog:
+                return QueueFull(topic, backlog, limits.max_backlog)
+            try:
+                return await publish(unit)
+            except jerr.APIError as exc:
+                if exc.err_code != _FULL:
+                    raise
+                return QueueFull(topic, backlog, limits.max_backlog or 0)
 
-        async with self._errors(self.command_timeout_s + 1):
+        async with self._errors(self.command_timeout_s * 2):
+            self._published[topic] = self._published.get(topic, 0) + sum(len(unit) for unit in units)
+            if self._published[topic] >= max(10, min(TRIM_EVERY, limits.retention)):
+                self._published[topic] = 0
+                await self._make_room(topic, limits)
             return list(await asyncio.gather(*(store(unit) for unit in units)))
+
+    async def _make_room(self, topic: str, limits: Limits, *, full: bool = False) -> int:
+        """Drop what every group has acknowledged beyond the newest ``limits.retention`` messages
+        (``full``: all of it, to make room) but never what a group still needs, and return the
+        topic's backlog: the most unacknowledged by one group. One at a time per topic."""
+        lock = self._trimming.setdefault(topic, asyncio.Lock())
+        async with lock:
+            js = await self.js()
+            stream = self.stream(topic)
+            state = (await js.stream_info(stream)).state
+            consumers = [c for c in await js.consumers_info(stream) if c.config.durable_name]
+            if consumers:
+                floor = min(c.ack_floor.stream_seq if c.ack_floor else 0 for c in consumers)
+                backlog = max(int(c.num_pending or 0) + int(c.num_ack_pending or 0) for c in consumers)
+            else:  # no group: nothing is waited for, history is all there is
+                floor, backlog = state.last_seq, 0
+            keep_from = floor + 1 if full else min(floor + 1, state.last_seq + 1 - limits.retention)
+            if keep_from > state.first_seq:
+                await js.purge_stream(stream, seq=keep_from)
+            return backlog
 
     async def _publish_batch(self, subject: str, unit: Sequence[Outgoing]) -> list[str]:
         """Store ``unit`` as one atomic batch (ADR-50): every message or none."""
@@ -393,8 +447,8 @@ class NatsBackend:
         last = _seq(stats.last_id)
         if stats.first_id is not None and position + 1 < first:
             return (
-                f"Messages after {after!r} may be lost: the oldest message still kept is {stats.first_id!r} "
-                "(nats:// keeps a message only while some group has not acknowledged it). Resuming from there.",
+                f"Messages after {after!r} may be lost: the oldest message still retained is {stats.first_id!r}. "
+                "Resuming from there.",
                 stats.first_id,
             )
         if position > last:

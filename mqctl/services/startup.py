@@ -39,7 +39,10 @@ def broker_for(settings: Settings) -> Broker:
         # client connects waits for the group clients join when they name none.
         "default_group": settings.group,
     }
-    if settings.replicas:  # a Redis option: memory:// takes none
+    if settings.replicas and settings.broker_url.startswith("nats:"):
+        # JetStream replicates each stream (R = replicas + 1) and acks a publish once a quorum has it
+        options["replicas"] = settings.replicas + 1
+    elif settings.replicas:  # Redis: WAIT for this many replicas; memory:// takes no such option
         options |= {"min_replicas": settings.replicas, "replica_timeout_s": settings.replica_timeout_s}
     return open_broker(settings.broker_url, **options)
 
