@@ -653,8 +653,8 @@ class NatsGroupReader:
         async with backend._errors(block_s + backend.command_timeout_s):
             try:
                 msgs = await self._sub.fetch(count, timeout=max(block_s, 0.001))
-            except nerr.TimeoutError:
-                return []  # nothing arrived within block_s
+            except TimeoutError:  # nats-py raises its own and asyncio's: nothing arrived within block_s
+                return []
             except jerr.NotFoundError:
                 await self._recreate()
                 return []
