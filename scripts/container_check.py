@@ -3,14 +3,14 @@
 
     python3 scripts/container_check.py          # from the project's root, in its venv
 
-Builds the image and starts the compose file's three containers under a private project
-name (host ports chosen free, so a running `mqctl up` is not in the way), waits until all
-three report healthy, checks that both services run as a non-root uid, posts a message to
-Service A and receives it from Service B over WebSocket, then removes everything it made
-(`down -v`). Exit status: 0 passed, 1 failed (with the containers' logs), 77 skipped because
-no Docker engine answers here (one loud line says so). `.ci/run` runs it through the pytest
-test marked `container` after `../shared/tools/container-stand-ins` (where no registry is
-reachable) has made the base images.
+Builds the images and starts the compose file's containers, the nats profile's too, under a
+private project name (host ports chosen free, so a running `mqctl up` is not in the way),
+waits until all six report healthy, checks that the services and NATS run as a non-root uid,
+posts a message to each Service A (on Redis, on NATS) and receives it from its Service B over
+WebSocket, then removes everything it made (`down -v`). Exit status: 0 passed, 1 failed (with
+the containers' logs), 77 skipped because no Docker engine answers here (one loud line says
+so). `.ci/run` runs it through the pytest test marked `container` after
+`../shared/tools/container-stand-ins` (where no registry is reachable) has made the base images.
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ from tests.servers import free_port  # noqa: E402
 SKIPPED = 77
 BUILD_TIMEOUT_S = 900
 HEALTHY_TIMEOUT_S = 180
+SERVICES = {"redis", "service-a", "service-b", "nats", "service-a-nats", "service-b-nats"}
+HOST_PORTS = ("MQCTL_A_HOST_PORT", "MQCTL_B_HOST_PORT", "MQCTL_NATS_A_HOST_PORT", "MQCTL_NATS_B_HOST_PORT")
 
 
 class CheckFailed(Exception):
@@ -78,7 +80,7 @@ def service(container: dict[str, Any]) -> str:
 
 
 def wait_healthy(compose: list[str], env: dict[str, str]) -> dict[str, str]:
-    """{compose service: container id} once every container reports healthy."""
+    """{compose service: container id} once every container of SERVICES reports healthy."""
     deadline = time.monotonic() + HEALTHY_TIMEOUT_S
     states: dict[str, str] = {}
     while time.monotonic() < deadline:
@@ -91,12 +93,12 @@ def wait_healthy(compose: list[str], env: dict[str, str]) -> dict[str, str]:
                 )
                 for c in inspected
             }
-            if len(states) == 3 and all(s == "healthy" for s in states.values()):
+            if set(states) == SERVICES and all(s == "healthy" for s in states.values()):
                 return {service(c): c["Id"] for c in inspected}
             if any(s == "unhealthy" for s in states.values()) or any(not c["State"]["Running"] for c in inspected):
                 raise CheckFailed(f"A container is unhealthy or stopped: {states}")
         time.sleep(1)
-    raise CheckFailed(f"Not all three containers were healthy within {HEALTHY_TIMEOUT_S} s: {states}")
+    raise CheckFailed(f"Not all {len(SERVICES)} containers were healthy within {HEALTHY_TIMEOUT_S} s: {states}")
 
 
 def process_uid(container: str) -> int:
@@ -139,19 +141,21 @@ def main() -> int:
     compose_base = compose_command()
     assert compose_base is not None
     project = f"mqctl-check-{uuid.uuid4().hex[:8]}"
-    a_port, b_port = free_port(), free_port()
-    env = {**os.environ, "MQCTL_A_HOST_PORT": str(a_port), "MQCTL_B_HOST_PORT": str(b_port)}
+    ports = {name: free_port() for name in HOST_PORTS}
+    env = {**os.environ, **{name: str(port) for name, port in ports.items()}}
     compose = [*compose_base, "--project-name", project, "--file", str(ROOT / "docker-compose.yml")]
+    compose += ["--profile", "nats"]
     started = time.monotonic()
     try:
         run([*compose, "up", "--detach", "--build"], timeout_s=BUILD_TIMEOUT_S, env=env)
         built_s = time.monotonic() - started
         containers = wait_healthy(compose, env)
         healthy_s = time.monotonic() - started
-        uids = {name: process_uid(containers[name]) for name in ("service-a", "service-b")}
+        uids = {name: process_uid(containers[name]) for name in sorted(SERVICES - {"redis"})}
         if any(uid == 0 for uid in uids.values()):
             raise CheckFailed(f"A service runs as root: {uids}")
-        message_id = round_trip(a_port, b_port)
+        on_redis = round_trip(ports["MQCTL_A_HOST_PORT"], ports["MQCTL_B_HOST_PORT"])
+        on_nats = round_trip(ports["MQCTL_NATS_A_HOST_PORT"], ports["MQCTL_NATS_B_HOST_PORT"])
     except (CheckFailed, subprocess.TimeoutExpired, OSError, TimeoutError, ValueError, KeyError) as exc:
         logs = subprocess.run([*compose, "logs", "--no-color", "--tail", "60"], capture_output=True, text=True, env=env)
         print(f"CONTAINER CHECK FAILED: {exc}\n--- logs:\n{logs.stdout[-6000:]}{logs.stderr[-2000:]}", flush=True)
@@ -159,9 +163,9 @@ def main() -> int:
     finally:
         subprocess.run([*compose, "down", "--volumes", "--remove-orphans"], capture_output=True, env=env, timeout=120)
     print(
-        f"container check passed: built and up in {built_s:.0f} s, all three healthy at {healthy_s:.0f} s, "
-        f"services as uid {uids['service-a']} and {uids['service-b']}, message {message_id} posted to "
-        f":{a_port} and received on :{b_port}; removed."
+        f"container check passed: built and up in {built_s:.0f} s, all {len(SERVICES)} healthy at "
+        f"{healthy_s:.0f} s, non-root uids {sorted(set(uids.values()))}; on Redis message {on_redis}, on NATS "
+        f"message {on_nats} posted to Service A and received from Service B; removed."
     )
     return 0
 

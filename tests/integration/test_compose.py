@@ -38,6 +38,7 @@ from tests.servers import RedisServer, free_port, wait_for
 pytestmark = pytest.mark.timeout(90)
 
 MQCTL_SERVICES = {"service-a": ("serve-a", 8002), "service-b": ("serve-b", 8003)}
+NATS_SERVICES = {"service-a-nats": ("serve-a", 8002, 8012), "service-b-nats": ("serve-b", 8003, 8013)}
 RESTART_POLICIES = {"always", "unless-stopped", "on-failure"}
 
 
@@ -47,11 +48,30 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_file_is_the_modern_format(compose: dict[str, Any]) -> None:
-    """No ``version:`` key, only Compose Specification top-level keys, and the three services."""
+    """No ``version:`` key, only Compose Specification top-level keys, the three services, and three
+    more in the ``nats`` profile alone."""
     assert "version" not in compose
     allowed = {"services", "volumes", "networks", "configs", "secrets"}
     assert {k for k in compose if not k.startswith("x-")} <= allowed
-    assert set(compose["services"]) == {"redis", *MQCTL_SERVICES}
+    assert set(compose["services"]) == {"redis", *MQCTL_SERVICES, "nats", *NATS_SERVICES}
+    in_profile = {name for name, service in compose["services"].items() if service.get("profiles")}
+    assert in_profile == {"nats", *NATS_SERVICES}
+    assert all(compose["services"][name]["profiles"] == ["nats"] for name in in_profile)
+
+
+@pytest.mark.parametrize("name", sorted(NATS_SERVICES))
+def test_the_nats_profile_runs_the_services_on_nats(compose: dict[str, Any], name: str) -> None:
+    """service-a-nats/-b-nats: the mqctl image on nats://nats:4222 once NATS is healthy, on their
+    own host ports (8012, 8013); nats is built from docker/nats with a volume at /data."""
+    subcommand, port, host_port = NATS_SERVICES[name]
+    service = compose["services"][name]
+    assert service["command"][0] == subcommand and option(service["command"], "--port") == str(port)
+    assert port_mappings(service) == {port: host_port}
+    broker = urlsplit(environment(service)["MQCTL_BROKER_URL"])
+    assert (broker.scheme, broker.hostname, broker.port) == ("nats", "nats", 4222)
+    assert service["depends_on"] == {"nats": {"condition": "service_healthy"}}
+    nats = compose["services"]["nats"]
+    assert (ROOT / nats["build"] / "Dockerfile").is_file() and nats["volumes"][0].endswith(":/data")
 
 
 @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="the legacy docker-compose command is not installed")
@@ -105,7 +125,7 @@ def test_mqctl_service_runs_the_image_on_all_interfaces(compose: dict[str, Any],
     assert urlsplit(environment(service)["HEALTHCHECK_URL"]).port == port, "the image's health check asks elsewhere"
 
 
-@pytest.mark.parametrize("name", sorted(MQCTL_SERVICES))
+@pytest.mark.parametrize("name", sorted({**MQCTL_SERVICES, **NATS_SERVICES}))
 def test_mqctl_service_names_real_commands_and_settings(compose: dict[str, Any], name: str) -> None:
     """The command parses as a real mqctl command, and every MQCTL_* variable is a real setting."""
     service = compose["services"][name]

@@ -1,5 +1,5 @@
 """docker-compose.yml and the Dockerfile run for real: scripts/container_check.py builds the image,
-starts the three containers, waits until they are healthy, checks the services' uid and sends a
+starts the containers (the nats profile's too), waits until they are healthy, checks their uids and sends a
 message from A to B, then removes everything. Skipped, loudly, where no Docker engine answers."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.container, pytest.mark.timeout(1200)]
 
 
 def test_compose_up_builds_runs_as_non_root_and_delivers() -> None:
-    """The container check passes: all three healthy, non-root services, one message A to B."""
+    """The container check passes: all six healthy, non-root, one message A to B on Redis and on NATS."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "container_check.py")],
         capture_output=True,
