@@ -278,7 +278,11 @@ async def run(url: str, messages: int | None, rounds: int, log: Callable[[str], 
     finally:
         await nc.close()
     return {
-        "environment": {"nats_server": server, "nats_py": importlib.metadata.version("nats-py"), "mqctl": mqctl.__version__},
+        "environment": {
+            "nats_server": server,
+            "nats_py": importlib.metadata.version("nats-py"),
+            "mqctl": mqctl.__version__,
+        },
         "rounds": rounds,
         "scenarios": [
             {
