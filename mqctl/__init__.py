@@ -1,4 +1,4 @@
-"""mqctl: an asynchronous message-queue library with memory and Redis Streams backends."""
+"""mqctl: an asynchronous message-queue library with memory, Redis Streams and NATS JetStream backends."""
 
 from mqctl.connect import connect, open_broker
 from mqctl.core.backend import Backend, DeadLetter, GroupStats, TopicStats

@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 app = typer.Typer(
     name="mqctl",
-    help="mqctl: an asynchronous message queue (memory or Redis Streams), its two services and its tools.",
+    help="mqctl: an asynchronous message queue (memory, Redis Streams or NATS JetStream), its two services and tools.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -91,8 +91,9 @@ def age(seconds: float | None) -> str:
     return f"{whole // 86400}d {whole % 86400 // 3600:02d}h"
 
 
-def stats_table(stats: list[TopicStats], title: str | None = None) -> Table:
-    """One row per group of each topic (a topic without groups gets one row)."""
+def stats_table(stats: list[TopicStats], title: str | None = None, *, consumer_names: bool = True) -> Table:
+    """One row per group of each topic (a topic without groups gets one row). Without
+    ``consumer_names`` (the backend keeps no consumer count nor pending ages) those say n/a."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("topic", style="bold", overflow="fold", min_width=6)
     table.add_column("group", overflow="fold", min_width=6)
@@ -111,8 +112,8 @@ def stats_table(stats: list[TopicStats], title: str | None = None) -> Table:
                 f"{topic.length:,}" if first else "",
                 f"{g.backlog:,}",
                 f"{g.pending:,}",
-                age(g.oldest_pending_age_s),
-                f"{g.consumers:,}",
+                age(g.oldest_pending_age_s) if consumer_names else "n/a",
+                f"{g.consumers:,}" if consumer_names else "n/a",
                 dead if first else "",
             )
     return table
@@ -138,13 +139,17 @@ def stats(
     if watch:
         _watch(broker, topic, interval, as_json)
         return
-    result = run(_with_broker(broker, lambda b: read_stats(b, topic)))
+    result, names = run(_with_broker(broker, lambda b: _read_stats_and_names(b, topic)))
     if as_json:
         _json_line(stats_json(result))
     elif not result:
         err.print("No topics yet: nothing has been published on this broker.")
     else:
-        out.print(stats_table(result))
+        out.print(stats_table(result, consumer_names=names))
+
+
+async def _read_stats_and_names(broker: Broker, topic: str | None) -> tuple[list[TopicStats], bool]:
+    return await read_stats(broker, topic), broker.backend.capabilities.consumer_names
 
 
 def create_topic(
@@ -172,7 +177,10 @@ def create_topic(
 def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> None:
     from rich.live import Live
 
+    names = [True]
+
     async def loop(broker: Broker, show: Callable[[list[TopicStats] | None, str | None], None]) -> None:
+        names[0] = broker.backend.capabilities.consumer_names
         while True:
             try:
                 show(await read_stats(broker, topic), None)
@@ -205,7 +213,8 @@ def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> Non
             elif not result:
                 view = Text(f"{stamp}  no topics yet; refreshing every {interval_s:g} s (Ctrl+C stops)")
             else:
-                view = stats_table(result, title=f"{stamp}  every {interval_s:g} s, Ctrl+C stops")
+                title = f"{stamp}  every {interval_s:g} s, Ctrl+C stops"
+                view = stats_table(result, title=title, consumer_names=names[0])
             live.update(view, refresh=True)
 
         try:

@@ -22,7 +22,10 @@ class Settings(BaseSettings):
 
     broker_url: str = Field(
         DEFAULT_BROKER_URL,
-        description="Broker URL: memory://, redis://host:port/db, rediss://... or redis+cluster://host:port,...",
+        description=(
+            "Broker URL: memory://, redis://host:port/db, rediss://..., redis+cluster://host:port,... or "
+            "nats://host:port,..."
+        ),
     )
     topic: str = Field("messages", description="Topic used when a request names none.")
     group: str = Field("default", description="Consumer group used when a WebSocket client names none.")

@@ -32,10 +32,10 @@ async def test_broadcast_resumes_after_last_id_without_gaps_or_duplicates(broker
 
 
 async def test_broadcast_from_zero_yields_the_retained_history(broker: mqctl.Broker) -> None:
-    """broadcast(last_id="0-0") starts at the oldest retained message."""
+    """broadcast(last_id="0") starts at the oldest retained message."""
     ids = await broker.publish_many("orders", [{"type": "a"}, {"type": "b"}])
 
-    async with broker.broadcast("orders", last_id="0-0", poll_interval=0.1) as reader:
+    async with broker.broadcast("orders", last_id="0", poll_interval=0.1) as reader:
         got = await take_broadcast(reader, 2)  # type: ignore[arg-type]
 
     assert [entry_id for entry_id, _ in got] == ids

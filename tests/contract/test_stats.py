@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import mqctl
-from tests.conftest import BrokerFactory
+from tests.conftest import BrokerFactory, BrokerURL
 from tests.contract.consuming import Consumer, eventually, take
 
 
@@ -82,8 +82,11 @@ async def test_retention_never_trims_what_a_group_still_needs(connect_broker: Br
         assert sorted(d.message.content for d in got) == list(range(200))
 
 
-async def test_stats_can_be_read_while_consumers_ack(broker: mqctl.Broker) -> None:
+async def test_stats_can_be_read_while_consumers_ack(broker: mqctl.Broker, broker_url: BrokerURL) -> None:
     """stats() called over and over while a consumer acknowledges one message at a time never fails."""
+    # nats:// sends the acks that ride with a read without waiting for the server's answer (a
+    # round trip each would cost a third of the consumer's speed): stats may lag one behind.
+    most = 2 if broker_url.backend == "nats" else 1
     count = 300
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(count)])
     reads = 0
@@ -93,7 +96,7 @@ async def test_stats_can_be_read_while_consumers_ack(broker: mqctl.Broker) -> No
             stats = await broker.stats("orders")
             reads += 1
             default = stats.group("default")
-            assert default is not None and 0 <= default.pending <= 1
+            assert default is not None and 0 <= default.pending <= most
             await consumer.wait_for(min(count, len(consumer.deliveries) + 1))
 
     assert reads >= 1  # the memory backend can drain all 300 between two reads
