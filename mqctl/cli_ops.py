@@ -181,11 +181,16 @@ def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> Non
 
     async def loop(broker: Broker, show: Callable[[list[TopicStats] | None, str | None], None]) -> None:
         names[0] = broker.backend.capabilities.consumer_names
+        task = asyncio.current_task()
         while True:
             try:
                 show(await read_stats(broker, topic), None)
             except MQError as exc:  # keep watching: the broker may come back
                 show(None, str(exc))
+            if task is not None and task.cancelling():
+                # redis-py can swallow a cancellation (Ctrl+C) that lands in a command
+                # (redis/redis-py#2028): the read returns as if nothing happened. Do not lose it.
+                raise asyncio.CancelledError
             await asyncio.sleep(interval_s)
 
     if as_json:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOWEST_PORT = 10_000
 """Below this live the well-known and registered ports of services a machine may run."""
@@ -109,8 +110,9 @@ def wait_for(predicate: Callable[[], bool], timeout_s: float, what: str) -> None
     raise TimeoutError(f"Timed out after {timeout_s:g} s waiting for {what}.")
 
 
-def stop_process(process: subprocess.Popen[bytes], first: int = signal.SIGTERM, timeout_s: float = 10) -> int:
-    """Send ``first``, wait up to ``timeout_s``, then SIGKILL; returns the exit code."""
+def stop_process(process: subprocess.Popen[Any], first: int = signal.SIGTERM, timeout_s: float = 10) -> int:
+    """Send ``first``, wait up to ``timeout_s``, then SIGKILL; close its pipes (an open one is a
+    ResourceWarning later, in whichever test the garbage collector runs); returns the exit code."""
     if process.poll() is None:
         process.send_signal(first)
         try:
@@ -118,6 +120,9 @@ def stop_process(process: subprocess.Popen[bytes], first: int = signal.SIGTERM, 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(5)
+    for pipe in (process.stdin, process.stdout, process.stderr):
+        if pipe is not None:
+            pipe.close()
     return process.returncode
 
 

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 import mqctl
 from mqctl.cli import app
-from tests.servers import RedisServer, free_port, wait_for
+from tests.servers import RedisServer, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -86,10 +86,13 @@ def test_stats_watch_refreshes_until_ctrl_c(redis_server: RedisServer) -> None:
         )
 
     process = watch("--json")
-    assert process.stdout is not None
-    lines = [process.stdout.readline() for _ in range(3)]  # three refreshes, one line each
-    process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=10)
+    try:
+        assert process.stdout is not None
+        lines = [process.stdout.readline() for _ in range(3)]  # three refreshes, one line each
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=10)
+    finally:
+        stop_process(process)
     assert process.returncode == 0, err
     assert all(json.loads(line)[0]["topic"] == "jobs" for line in lines), lines
 
@@ -103,6 +106,7 @@ def test_stats_watch_refreshes_until_ctrl_c(redis_server: RedisServer) -> None:
         out, err = process.communicate(timeout=10)
     finally:
         client.close()
+        stop_process(process)
     assert process.returncode == 0, err
     assert "jobs" in out and "Ctrl+C stops" in out
 
