@@ -71,6 +71,9 @@ from mqctl.core.errors import BrokerOutOfMemory, BrokerRefused, BrokerUnavailabl
 
 log = logging.getLogger(__name__)
 
+MAX_FETCH_S = 0.5
+"""Longest one pull request waits; a read blocking longer makes several (see NatsGroupReader.read)."""
+
 DEFAULT_PREFIX = "mqctl"
 MAX_BATCH = 1000
 """Most messages in one atomic batch (the server's default limit)."""
@@ -135,6 +138,7 @@ class NatsBackend:
         self._trimming: dict[str, asyncio.Lock] = {}
         self._publisher: _Publisher | None = None
         self._closed = False
+        self._closings: set[asyncio.Future[Any]] = set()  # readers handing back what cut-short fetches bring
 
     # -- names ---------------------------------------------------------------------
 
@@ -630,7 +634,15 @@ class NatsBackend:
     async def warnings(self) -> list[str]:
         return []
 
+    def _closing(self, work: asyncio.Future[Any]) -> None:
+        """Keep the connection open until ``work`` (a reader's last hand-back) is done."""
+        self._closings.add(work)
+        work.add_done_callback(self._closings.discard)
+
     async def aclose(self) -> None:
+        # Each fetch ends within its block_s; what it brings goes back to its group first.
+        while self._closings:
+            await asyncio.wait(set(self._closings), timeout=self.command_timeout_s + 5)
         self._closed = True
         self._publisher = None
         if self._nc is not None:
@@ -721,6 +733,7 @@ class NatsGroupReader:
         self.on_dead_letter = on_dead_letter
         self._sub: JetStreamContext.PullSubscription | None = None
         self._last_seq = 0  # the last stream sequence read, for a group that has to be created again
+        self._cut_short: set[asyncio.Future[list[Msg]]] = set()  # fetches whose read was cancelled
 
     async def open(self) -> None:
         backend = self.backend
@@ -743,14 +756,30 @@ class NatsGroupReader:
         if self._sub is None:
             await self.open()
         assert self._sub is not None
-        async with backend._errors(block_s + backend.command_timeout_s):
-            try:
-                msgs = await self._sub.fetch(count, timeout=max(block_s, 0.001))
-            except TimeoutError:  # nats-py raises its own and asyncio's: nothing arrived within block_s
-                return []
-            except jerr.NotFoundError:
-                await self._recreate()
-                return []
+        msgs = self._take_cut_short()
+        if not msgs:
+            async with backend._errors(block_s + backend.command_timeout_s):
+                # nats-py's fetch drops the messages it has taken if it is cancelled mid-batch (a
+                # close, a worker's drain), and they would wait out ack_wait. So it runs shielded;
+                # a fetch cut short is kept, and what it brings goes to the next read or, on close,
+                # back to the group. It waits at most MAX_FETCH_S (a longer poll is several
+                # fetches), so a close never waits long for one.
+                end = time.monotonic() + block_s
+                while not msgs:
+                    wait_s = min(end - time.monotonic(), MAX_FETCH_S)
+                    if wait_s <= 0:
+                        return []
+                    fetch = asyncio.ensure_future(self._sub.fetch(count, timeout=max(wait_s, 0.001)))
+                    try:
+                        msgs = await asyncio.shield(fetch)
+                    except asyncio.CancelledError:
+                        self._cut_short.add(fetch)
+                        raise
+                    except TimeoutError:  # nats-py raises its own and asyncio's: nothing arrived in time
+                        continue
+                    except jerr.NotFoundError:
+                        await self._recreate()
+                        return []
         entries: list[Entry] = []
         dead = 0
         for msg in msgs:
@@ -814,11 +843,50 @@ class NatsGroupReader:
         if handles:
             await self._settle_all(handles, b"-NAK")
 
+    def _take_cut_short(self) -> list[Msg]:
+        """What finished fetches that were cut short brought."""
+        msgs: list[Msg] = []
+        for fetch in [f for f in self._cut_short if f.done()]:
+            self._cut_short.discard(fetch)
+            if not fetch.cancelled() and fetch.exception() is None:
+                msgs.extend(fetch.result())
+        return msgs
+
     async def aclose(self) -> None:
-        if self._sub is not None:
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        running = {f for f in self._cut_short if not f.done()}
+        if not running:
+            await self._hand_back(sub)
+            return
+        # A read cut short by this close: its fetch ends within its block_s. Return now (a close
+        # is prompt) and hand back what it brings when it ends; the backend's close waits for it.
+        waiting = set(running)
+
+        def fetched(fetch: asyncio.Future[Any]) -> None:
+            waiting.discard(fetch)
+            if not waiting:
+                self.backend._closing(asyncio.ensure_future(self._hand_back(sub)))
+
+        for fetch in running:
+            self.backend._closing(fetch)
+            fetch.add_done_callback(fetched)
+
+    async def _hand_back(self, sub: JetStreamContext.PullSubscription) -> None:
+        """Give back what cut-short fetches brought and what waits in the subscription's queue
+        (nobody would read it: it would wait out ack_wait), and unsubscribe."""
+        unread = self._take_cut_short()
+        queue: asyncio.Queue[Any] = sub._sub._pending_queue  # nats-py keeps it private; pinned by the lock
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+        while not queue.empty():
+            msg = queue.get_nowait()
+            if msg.reply and not JetStreamContext.is_status_msg(msg):
+                unread.append(msg)
+        if unread:
             with contextlib.suppress(Exception):
-                await self._sub.unsubscribe()
-            self._sub = None
+                await self.release(unread)
 
 
 class NatsBroadcast:
