@@ -13,6 +13,8 @@ from mqctl.core.errors import (
     MQError,
     PublishTimeout,
     QueueFull,
+    Reject,
+    Retry,
     ServiceError,
     SubscriptionClosed,
     UnknownMessage,
@@ -21,10 +23,12 @@ from mqctl.core.filters import Filter, by_header, by_type, where
 from mqctl.core.message import Message
 from mqctl.core.retry import RetryPolicy
 from mqctl.core.subscription import Broadcast, Delivery, Subscription
+from mqctl.worker import App
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "App",
     "Backend",
     "Broadcast",
     "Broker",
@@ -43,6 +47,8 @@ __all__ = [
     "MessageTooLarge",
     "PublishTimeout",
     "QueueFull",
+    "Reject",
+    "Retry",
     "RetryPolicy",
     "ServiceError",
     "Subscription",

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.markup import escape
 
-from mqctl import cli_ops
+from mqctl import cli_ops, cli_worker
 from mqctl.console import err, out, run
 from mqctl.core.errors import MQError
 
@@ -572,6 +572,7 @@ def _print_report(report: Any) -> None:
 app.command("stats")(cli_ops.stats)
 app.command("create-topic")(cli_ops.create_topic)
 app.add_typer(cli_ops.dlq_app, name="dlq")
+app.command("worker")(cli_worker.worker)
 
 
 @app.command()

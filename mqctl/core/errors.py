@@ -11,7 +11,9 @@
     │   └── BrokerRefused        the broker answers but refuses mqctl until an operator acts
     ├── UnknownMessage           an id that is not pending / not a dead letter
     ├── SubscriptionClosed       iterating or acking on a closed subscription
-    └── ServiceError             Service A or B answered with an error (the clients)
+    ├── ServiceError             Service A or B answered with an error (the clients)
+    ├── Retry                    raised by a handler: deliver the message again (after delay_s)
+    └── Reject                   raised by a handler: to the dead letters at once, with a reason
 
 Messages are sentences a person can act on. ``retry_after_s`` on the capacity and
 availability errors tells an HTTP layer what to put in ``Retry-After``.
@@ -99,3 +101,25 @@ class ServiceError(MQError):
         self.detail = detail
         self.retry_after_s = retry_after_s
         super().__init__(f"The service answered {status} {code}: {detail}")
+
+
+class Retry(MQError):
+    """Raise in a handler to have the message delivered again after ``delay_s`` seconds
+    (default: the handler's backoff for this attempt). On the last attempt it goes to the
+    dead letters instead, as with any exception."""
+
+    def __init__(self, delay_s: float | None = None, reason: str = "retry asked by the handler") -> None:
+        if delay_s is not None and not delay_s >= 0:
+            raise ConfigError(f"Retry delay_s must be >= 0, got {delay_s!r}.")
+        super().__init__(reason)
+        self.delay_s = delay_s
+        self.reason = reason
+
+
+class Reject(MQError):
+    """Raise in a handler to send the message to the dead letters at once, with ``reason``:
+    it can never succeed, so another attempt would only repeat the failure."""
+
+    def __init__(self, reason: str = "rejected by the handler") -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, MutableSet, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, MutableSet, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +58,11 @@ class Delivery:
     _handle: Any = field(default=None, repr=False)
     """The backend's handle for this delivery: what acks, nacks and dead-letters it."""
     _settled: bool = field(default=False, repr=False)
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """The message's headers."""
+        return self.message.headers
 
     def ack(self) -> Awaitable[None]:
         """Acknowledge: the group is done with this message. Await the result.
@@ -133,6 +138,7 @@ class _Reader:
         self._fetch: asyncio.Task[None] | None = None
         self._opened = False
         self._closed = False
+        self._stopped = False  # reads no more (hand_back), though not closed
         self._iterated = False
         self.on_poll: Callable[[float], None] | None = None
 
@@ -159,12 +165,12 @@ class _Reader:
             self._live.add(self)
 
     async def _next_entry(self) -> Entry:
-        if self._closed and self._iterated:
-            raise StopAsyncIteration  # closed from elsewhere mid-loop: the loop ends
+        if (self._closed and self._iterated) or self._stopped:
+            raise StopAsyncIteration  # closed (or stopped) from elsewhere mid-loop: the loop ends
         await self._ensure_open()
         self._iterated = True
         while not self._buffer:
-            if self._closed:
+            if self._closed or self._stopped:
                 raise StopAsyncIteration
             # The read runs as its own task so that aclose() from anywhere can cut it short.
             self._fetch = asyncio.ensure_future(self._fill())
@@ -174,7 +180,7 @@ class _Reader:
                 if self.on_poll is not None:
                     self.on_poll(time.monotonic() - started)
             except asyncio.CancelledError:
-                if self._closed:
+                if self._closed or self._stopped:
                     raise StopAsyncIteration from None
                 raise
             finally:
@@ -374,6 +380,25 @@ class Subscription(_Reader):
         moved = await self._reader.dead_letter(delivery._handle, reason=reason, attempts=delivery.attempt)
         self._dead_lettered(int(moved))
         return moved
+
+    async def hand_back(self) -> None:
+        """Stop reading and hand back what was read but not given out, so another consumer of
+        the group gets it at once. Deliveries given out can still be settled until ``aclose()``
+        (a worker draining before it stops); iteration ends."""
+        if self._stopped or self._closed:
+            return
+        self._stopped = True
+        if self._fetch is not None:
+            self._fetch.cancel()
+            with contextlib.suppress(BaseException):
+                await self._fetch
+        unstarted = [e.id if e.handle is None else e.handle for e in self._buffer]
+        self._buffer.clear()
+        if unstarted:
+            try:
+                await self._reader.release(unstarted)
+            except Exception as exc:  # the ack timeout hands them back
+                log.warning("Could not hand back %d deliveries of %r: %s", len(unstarted), self.topic, exc)
 
     async def aclose(self) -> None:
         """Stop consuming: send gathered acks and hand back what was read but not acknowledged,

@@ -1,0 +1,220 @@
+"""Running one handler: a subscription, ``concurrency`` workers, and what becomes of each message.
+
+Each of the handler's ``concurrency`` workers reads one delivery (one at a time reads from the
+subscription, which fetches up to ``concurrency`` messages per round trip: the prefetch is
+bounded too), calls the handler and settles the delivery by how it ended:
+
+    returned                 ack (sent within 10 ms, whatever the other workers are doing)
+    raised Retry(delay_s)    nack after delay_s (default: the backoff for this attempt)
+    raised anything else     nack after the backoff; logged with its traceback
+    ran past timeout_s       cancelled, then nacked as above
+    raised Reject(reason)    dead letters at once, with the reason
+    content did not validate dead letters at once, with pydantic's reason
+
+A nack on the last attempt (``max_attempts``) dead-letters instead, with the reason.
+
+Stopping (``stop``) reads no more and hands back what was read and not started, so another
+worker gets it at once; running handlers finish. ``aclose`` then cancels whatever is still
+running, and their messages go back to the group at once (a second signal, or the graceful
+timeout). Nothing is acknowledged that a handler did not finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from mqctl.core.broker import Broker
+from mqctl.core.errors import MQError
+from mqctl.core.retry import RetryPolicy
+from mqctl.core.subscription import Delivery, Subscription
+from mqctl.worker.handler import Handler, InvalidContent, Reject, Retry
+
+log = logging.getLogger(__name__)
+
+READ_RETRY = RetryPolicy(base_s=0.1, cap_s=5.0)
+"""Backoff between failed reads (the broker restarting, a failover)."""
+
+
+@dataclass(slots=True)
+class HandlerCounts:
+    """What one handler has done since it started."""
+
+    processed: int = 0
+    """Returned, and acknowledged."""
+    failed: int = 0
+    """Raised (or timed out, or did not validate): retried or dead-lettered."""
+    retried: int = 0
+    dead_lettered: int = 0
+    running: int = 0
+    seconds: float = 0.0
+    """Time spent in the handler, summed over calls."""
+
+
+class HandlerRunner:
+    """One handler at work on a broker."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        broker: Broker,
+        *,
+        poll_interval_s: float = 2.0,
+        consumer: str | None = None,
+    ) -> None:
+        self.handler = handler
+        self.counts = HandlerCounts()
+        self._subscription: Subscription = broker.subscribe(
+            handler.topic,
+            group=handler.group,
+            consumer=consumer,
+            filter=handler.filter,
+            poll_interval=poll_interval_s,
+            batch=handler.concurrency,
+            ack_timeout=handler.ack_timeout_s,
+            max_attempts=handler.max_attempts,
+            from_start=handler.from_start,
+        )
+        self._read_lock = asyncio.Lock()
+        self._workers: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.on_call: Callable[[float], None] | None = None
+        """Called with each call's duration in seconds (the worker's histogram); quick, never raising."""
+
+    async def start(self) -> None:
+        """Join the group (creating it if new) and start the workers."""
+        await self._subscription.__aenter__()
+        name = self.handler.name
+        self._workers = [
+            asyncio.create_task(self._work(), name=f"mqctl-handler-{name}-{i}") for i in range(self.handler.concurrency)
+        ]
+
+    async def wait(self) -> None:
+        """Return when every worker has ended (after ``stop``)."""
+        if self._workers:
+            await asyncio.wait(self._workers)
+
+    async def stop(self) -> None:
+        """Read no more; hand back what was read and not started. Running handlers go on."""
+        self._stopping = True
+        await self._subscription.hand_back()
+
+    async def aclose(self) -> None:
+        """Cancel the handlers still running and give their messages back to the group."""
+        self._stopping = True
+        for task in self._workers:
+            task.cancel()
+        await asyncio.gather(*self._workers, return_exceptions=True)
+        await self._subscription.aclose()
+
+    # -- one worker -------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        sub = self._subscription
+        failures = 0
+        while not self._stopping:
+            try:
+                async with self._read_lock:
+                    delivery = await sub.__anext__()
+            except StopAsyncIteration:
+                return
+            except MQError as exc:  # the broker went away: keep trying, as a service would
+                failures += 1
+                wait_s = READ_RETRY.delay_s(failures)
+                log.warning(
+                    "Handler %s cannot read %r: %s; trying again in %.1f s", self.handler.name, sub.topic, exc, wait_s
+                )
+                await asyncio.sleep(wait_s)
+                continue
+            failures = 0
+            await self._handle(delivery)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        handler = self.handler
+        counts = self.counts
+        counts.running += 1
+        started = time.perf_counter()
+        bound: asyncio.Timeout | None = None
+        try:
+            try:
+                args, kwargs = handler.arguments(delivery)
+            except InvalidContent as exc:
+                counts.failed += 1
+                await self._dead_letter(delivery, f"invalid content: {exc}")
+                return
+            try:
+                if handler.timeout_s is None:
+                    await handler.func(*args, **kwargs)
+                else:
+                    async with asyncio.timeout(handler.timeout_s) as bound:
+                        await handler.func(*args, **kwargs)
+            except Retry as exc:
+                counts.failed += 1
+                await self._nack(delivery, exc.delay_s, exc.reason)
+            except Reject as exc:
+                counts.failed += 1
+                await self._dead_letter(delivery, exc.reason)
+            except TimeoutError as exc:
+                counts.failed += 1
+                if bound is not None and bound.expired():
+                    reason = f"timed out after {handler.timeout_s:g} s"
+                else:
+                    reason = _describe(exc)
+                    self._log_failure(delivery, exc)
+                await self._nack(delivery, None, reason)
+            except Exception as exc:
+                counts.failed += 1
+                self._log_failure(delivery, exc)
+                await self._nack(delivery, None, _describe(exc))
+            else:
+                await delivery.ack()
+                counts.processed += 1
+        except MQError as exc:  # the settle did not reach the broker: the ack timeout brings it back
+            log.warning(
+                "Handler %s could not settle message %s: %s; it comes back after the ack timeout",
+                handler.name,
+                delivery.id,
+                exc,
+                extra={"message_id": delivery.id},
+            )
+        finally:
+            elapsed = time.perf_counter() - started
+            counts.seconds += elapsed
+            if self.on_call is not None:
+                self.on_call(elapsed)
+            counts.running -= 1
+
+    async def _nack(self, delivery: Delivery, delay_s: float | None, reason: str) -> None:
+        if delivery.attempt >= self.handler.max_attempts:
+            self.counts.dead_lettered += 1
+        else:
+            self.counts.retried += 1
+            if delay_s is None:
+                delay_s = self.handler.retry.delay_s(delivery.attempt)
+        await delivery.nack(delay_s, reason=reason)
+
+    async def _dead_letter(self, delivery: Delivery, reason: str) -> None:
+        self.counts.dead_lettered += 1
+        await delivery.dead_letter(reason)
+
+    def _log_failure(self, delivery: Delivery, exc: BaseException) -> None:
+        last = delivery.attempt >= self.handler.max_attempts
+        log.warning(
+            "Handler %s failed on message %s (attempt %d of %d): %s%s",
+            self.handler.name,
+            delivery.id,
+            delivery.attempt,
+            self.handler.max_attempts,
+            _describe(exc),
+            "; it goes to the dead letters" if last else "; it will be retried",
+            exc_info=exc,
+            extra={"message_id": delivery.id},
+        )
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
