@@ -10,7 +10,9 @@ there, an ``MQError`` becomes one line on stderr and exit code 1.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import signal
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -181,17 +183,24 @@ def _watch(url: str, topic: str | None, interval_s: float, as_json: bool) -> Non
 
     async def loop(broker: Broker, show: Callable[[list[TopicStats] | None, str | None], None]) -> None:
         names[0] = broker.backend.capabilities.consumer_names
-        task = asyncio.current_task()
-        while True:
-            try:
-                show(await read_stats(broker, topic), None)
-            except MQError as exc:  # keep watching: the broker may come back
-                show(None, str(exc))
-            if task is not None and task.cancelling():
-                # redis-py can swallow a cancellation (Ctrl+C) that lands in a command
-                # (redis/redis-py#2028): the read returns as if nothing happened. Do not lose it.
-                raise asyncio.CancelledError
-            await asyncio.sleep(interval_s)
+        # Ctrl+C (or SIGTERM) ends the watch through an event, not by cancelling whatever runs:
+        # a cancellation can be lost inside a Redis command (Python 3.11's wait_for, gh-86296).
+        stop = asyncio.Event()
+        running = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            running.add_signal_handler(signum, stop.set)
+        try:
+            while not stop.is_set():
+                try:
+                    show(await read_stats(broker, topic), None)
+                except MQError as exc:  # keep watching: the broker may come back
+                    show(None, str(exc))
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(interval_s):
+                        await stop.wait()
+        finally:
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                running.remove_signal_handler(signum)
 
     if as_json:
 

@@ -1,8 +1,7 @@
 """Running one handler: a subscription, ``concurrency`` workers, and what becomes of each message.
 
 Each of the handler's ``concurrency`` workers reads one delivery (one at a time reads from the
-subscription, which fetches up to ``concurrency`` messages per round trip: the prefetch is
-bounded too), calls the handler and settles the delivery by how it ended:
+subscription), calls the handler and settles the delivery by how it ended:
 
     returned                 ack (sent within 10 ms, whatever the other workers are doing)
     raised Retry(delay_s)    nack after delay_s (default: the backoff for this attempt)
@@ -12,6 +11,12 @@ bounded too), calls the handler and settles the delivery by how it ended:
     content did not validate dead letters at once, with pydantic's reason
 
 A nack on the last attempt (``max_attempts``) dead-letters instead, with the reason.
+
+The prefetch (messages fetched per round trip, waiting for a worker) starts at ``concurrency``
+and widens, up to ``MAX_PREFETCH``, only while calls are quick enough that a fetched message
+starts within a quarter of ``ack_timeout_s`` (from a running mean of the call time): a slow
+handler never holds more than it can start in time, a fast one does not pay a round trip per
+``concurrency`` messages.
 
 Stopping (``stop``) reads no more and hands back what was read and not started, so another
 worker gets it at once; running handlers finish. ``aclose`` then cancels whatever is still
@@ -37,6 +42,8 @@ log = logging.getLogger(__name__)
 
 READ_RETRY = RetryPolicy(base_s=0.1, cap_s=5.0)
 """Backoff between failed reads (the broker restarting, a failover)."""
+MAX_PREFETCH = 100
+"""Most messages fetched per round trip (at least ``concurrency``)."""
 
 
 @dataclass(slots=True)
@@ -73,12 +80,18 @@ class HandlerRunner:
             consumer=consumer,
             filter=handler.filter,
             poll_interval=poll_interval_s,
-            batch=handler.concurrency,
+            batch=handler.concurrency,  # widened by _fit_prefetch while calls are quick
             ack_timeout=handler.ack_timeout_s,
             max_attempts=handler.max_attempts,
             from_start=handler.from_start,
         )
-        self._read_lock = asyncio.Lock()
+        self._mean_call_s: float | None = None
+        # One worker at a time reads; the others wait for that read to end. A worker that finds
+        # deliveries ready takes one without suspending, so nobody waits and nothing is handed
+        # over per message (an asyncio.Lock would cost a loop turn per message under load).
+        self._reading = False
+        self._waiting = 0
+        self._read_over = asyncio.Event()
         self._workers: list[asyncio.Task[None]] = []
         self._stopping = False
         self.on_call: Callable[[float], None] | None = None
@@ -117,8 +130,7 @@ class HandlerRunner:
         failures = 0
         while not self._stopping:
             try:
-                async with self._read_lock:
-                    delivery = await sub.__anext__()
+                delivery = await self._next()
             except StopAsyncIteration:
                 return
             except MQError as exc:  # the broker went away: keep trying, as a service would
@@ -131,6 +143,22 @@ class HandlerRunner:
                 continue
             failures = 0
             await self._handle(delivery)
+
+    async def _next(self) -> Delivery:
+        while self._reading:
+            self._waiting += 1
+            try:
+                await self._read_over.wait()
+            finally:
+                self._waiting -= 1
+        self._reading = True
+        try:
+            return await self._subscription.__anext__()
+        finally:
+            self._reading = False
+            if self._waiting:
+                over, self._read_over = self._read_over, asyncio.Event()
+                over.set()
 
     async def _handle(self, delivery: Delivery) -> None:
         handler = self.handler
@@ -186,6 +214,14 @@ class HandlerRunner:
             if self.on_call is not None:
                 self.on_call(elapsed)
             counts.running -= 1
+            self._fit_prefetch(elapsed)
+
+    def _fit_prefetch(self, elapsed_s: float) -> None:
+        mean = self._mean_call_s
+        mean = self._mean_call_s = elapsed_s if mean is None else mean + 0.1 * (elapsed_s - mean)
+        concurrency = self.handler.concurrency
+        startable = int(concurrency * (self.handler.ack_timeout_s / 4) / max(mean, 1e-6))
+        self._subscription.batch = max(concurrency, min(startable, MAX_PREFETCH))
 
     async def _nack(self, delivery: Delivery, delay_s: float | None, reason: str) -> None:
         if delivery.attempt >= self.handler.max_attempts:
