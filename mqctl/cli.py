@@ -303,6 +303,15 @@ def publish(
         str | None,
         typer.Option("--idempotency-key", help="Store the message once even if this command is repeated."),
     ] = None,
+    delay: Annotated[
+        float | None,
+        typer.Option(
+            "--delay",
+            min=0.0,
+            help="Deliver no sooner than this many seconds from now (stored at once, in the broker).",
+            show_default="none",
+        ),
+    ] = None,
     url: Annotated[
         str, typer.Option("--url", envvar="MQCTL_A_URL", help="Service A's base URL.")
     ] = "http://127.0.0.1:8002",
@@ -338,13 +347,19 @@ def publish(
             except json.JSONDecodeError as exc:
                 raise typer.BadParameter(f"Not JSON: {exc.msg}.", param_hint="CONTENT") from None
         messages = [{"type": type_, "content": body, "headers": headers}] * count
-    ids = run(_publish(url, token, topic, messages, concurrency, idempotency_key))
+    ids = run(_publish(url, token, topic, messages, concurrency, idempotency_key, delay))
     for message_id in ids:
         out.print(message_id, highlight=False)
 
 
 async def _publish(
-    url: str, token: str | None, topic: str | None, messages: list[dict[str, Any]], concurrency: int, key: str | None
+    url: str,
+    token: str | None,
+    topic: str | None,
+    messages: list[dict[str, Any]],
+    concurrency: int,
+    key: str | None,
+    delay_s: float | None,
 ) -> list[str]:
     from rich.progress import Progress
 
@@ -364,6 +379,7 @@ async def _publish(
                         headers=m.get("headers"),
                         topic=topic,
                         idempotency_key=key,
+                        delay_s=delay_s,
                     )
                     progress.advance(task)
 

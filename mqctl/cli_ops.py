@@ -97,13 +97,15 @@ def stats_table(stats: list[TopicStats], title: str | None = None, *, consumer_n
     """One row per group of each topic (a topic without groups gets one row). Without
     ``consumer_names`` (the backend keeps no consumer count nor pending ages) those say n/a."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("topic", style="bold", overflow="fold", min_width=6)
+    table.add_column("topic", style="bold", overflow="fold", min_width=11)  # fits "N scheduled"
     table.add_column("group", overflow="fold", min_width=6)
     for name in ("length", "backlog", "pending", "oldest\npending", "consumers", "dead\nletters"):
         table.add_column(name, justify="right")
     for topic in stats:
         dead = f"[red]{topic.dead_letters:,}[/red]" if topic.dead_letters else "0"
         name = topic.topic if topic.partitions == 1 else f"{topic.topic}\n[dim]{topic.partitions} partitions[/dim]"
+        if topic.scheduled:  # delayed messages not yet due
+            name += f"\n[dim]{topic.scheduled:,} scheduled[/dim]"
         if not topic.groups:
             table.add_row(name, "-", f"{topic.length:,}", "-", "-", "-", "-", dead)
         for i, g in enumerate(topic.groups):

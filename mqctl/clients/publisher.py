@@ -53,13 +53,17 @@ class Publisher:
         headers: Mapping[str, str] | None = None,
         topic: str | None = None,
         idempotency_key: str | None = None,
+        delay_s: float | None = None,
     ) -> str:
-        """POST one message; return its id. Raises ``ServiceError`` or ``BrokerUnavailable``."""
+        """POST one message (delivered no sooner than ``delay_s`` from now, if given); return its
+        id. Raises ``ServiceError`` or ``BrokerUnavailable``."""
         body: dict[str, Any] = {"type": type, "content": content}
         if headers:
             body["headers"] = dict(headers)
         if topic:
             body["topic"] = topic
+        if delay_s:
+            body["delay_s"] = delay_s
         request_headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         response = await self._post("/messages", body, request_headers)
         return str(response.json()["id"])

@@ -120,6 +120,8 @@ class TopicStats:
     """The oldest retained message (a broadcast resume from before it has lost history)."""
     partitions: int = 1
     """Streams the topic is split into; with more than one the counts are sums over them."""
+    scheduled: int = 0
+    """Delayed messages waiting to be due (``publish(..., delay_s=...)``); filled in by the broker."""
 
     @property
     def backlog(self) -> int:

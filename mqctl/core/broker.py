@@ -7,13 +7,18 @@ redelivery backoff, dead-letter decisions) and delegates storage to a ``Backend`
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from mqctl.core import schedule
 from mqctl.core.backend import Backend, DeadLetter, Limits, Outgoing, TopicStats
 from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import (
@@ -22,16 +27,19 @@ from mqctl.core.errors import (
     BrokerUnavailable,
     ConfigError,
     MessageTooLarge,
+    MQError,
     PublishTimeout,
     QueueFull,
 )
 from mqctl.core.filters import Predicate
-from mqctl.core.message import Message, encode_any
+from mqctl.core.message import Message, as_message, encode_any
 from mqctl.core.names import check_name
 from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Broadcast, Subscription
 
 DEFAULT_GROUP = "default"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +99,9 @@ class Broker:
         )
         self._coalescers: dict[str, Coalescer[list[Outgoing], list[str]]] = {}
         self._failing: dict[str, Exception] = {}  # a stream's last error while its publish is retried
-        self._subscriptions: set[Subscription | Broadcast] = set()
+        self._readers = _OpenReaders(self)
+        self._promoters: dict[str, asyncio.Task[None]] = {}  # topic -> its promoter of delayed messages
+        self._closing = False
 
     # -- publishing ---------------------------------------------------------------
 
@@ -102,8 +112,13 @@ class Broker:
         *,
         key: str | None = None,
         idempotency_key: str | None = None,
+        delay_s: float | None = None,
     ) -> str:
         """Store ``message`` on ``topic`` and return its id once the backend has it.
+
+        With ``delay_s``, it is stored at once and becomes visible to the topic's groups after
+        that many seconds, not before (``mqctl.core.schedule``); the id returned is then its id on
+        the schedule, and it gets a new one on the topic when it is due.
 
         On a partitioned topic, ``key`` picks the partition (same key, same partition, so
         messages of one key keep their order); without one, partitions are filled in turn.
@@ -112,15 +127,30 @@ class Broker:
         """
         if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key):
             raise ConfigError(f"idempotency_key must be a non-empty string, got {idempotency_key!r}.")
+        if delay_s is not None and schedule.check_delay(delay_s) > 0:
+            check_name("topic", topic)
+            message = schedule.scheduled(as_message(message), delay_s, key)
+            topic, key = schedule.schedule_topic(topic), None
         return (await self._submitted(topic, [self._outgoing(message, idempotency_key, key)]))[0]
 
     async def publish_many(
-        self, topic: str, messages: Iterable[Message | Mapping[str, Any]], *, key: str | None = None
+        self,
+        topic: str,
+        messages: Iterable[Message | Mapping[str, Any]],
+        *,
+        key: str | None = None,
+        delay_s: float | None = None,
     ) -> list[str]:
         """Store every message in one round trip, all or none, and return their ids in order.
 
         On a partitioned topic they all go to one partition (``key``'s, or the next in turn).
+        ``delay_s`` delays them all, as in ``publish``.
         """
+        if delay_s is not None and schedule.check_delay(delay_s) > 0:
+            check_name("topic", topic)
+            now_s = time.time()
+            messages = [schedule.scheduled(as_message(m), delay_s, key, now_s=now_s) for m in messages]
+            topic, key = schedule.schedule_topic(topic), None
         unit = [self._outgoing(m, None, key) for m in messages]
         if not unit:
             return []
@@ -246,7 +276,7 @@ class Broker:
             max_attempts=max_attempts,
             from_start=from_start,
             redelivery=self.options.redelivery,
-            live=self._subscriptions,
+            live=self._readers,
         )
 
     def broadcast(
@@ -270,8 +300,38 @@ class Broker:
             filter=filter,
             poll_interval_s=poll_interval,
             batch=batch,
-            live=self._subscriptions,
+            live=self._readers,
         )
+
+    def _reader_opened(self, topic: str) -> None:
+        """A reader of ``topic`` opened: run the topic's promoter of delayed messages here."""
+        if schedule.is_schedule(topic) or topic in self._promoters or self._closing:
+            return
+        self._promoters[topic] = asyncio.ensure_future(self._run_promoter(topic))
+
+    async def _reader_closed(self, topic: str) -> None:
+        """A reader of ``topic`` closed: the last one takes the topic's promoter with it."""
+        if any(r.topic == topic for r in self._readers.readers):
+            return
+        task = self._promoters.pop(topic, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def _run_promoter(self, topic: str) -> None:
+        failures = 0
+        while not self._closing:
+            try:
+                await schedule.promote(self, topic)
+                return
+            except MQError as exc:  # the broker went away: try again, as a consumer would
+                failures += 1
+                wait_s = self.options.publish_retry.delay_s(failures)
+                log.warning(
+                    "Delayed messages of %r cannot be promoted now (%s); trying again in %.1f s", topic, exc, wait_s
+                )
+                await asyncio.sleep(wait_s)
 
     async def create_group(self, topic: str, group: str, *, from_start: bool = True) -> bool:
         """Create ``group`` on ``topic`` so it keeps every message from now (or from the start)."""
@@ -297,11 +357,18 @@ class Broker:
 
     async def stats(self, topic: str) -> TopicStats:
         """Length, backlog, pending per group, dead-letter count and partitions of ``topic``."""
-        return await self.backend.stats(check_name("topic", topic))
+        stats = await self.backend.stats(check_name("topic", topic))
+        if schedule.is_schedule(topic):
+            return stats
+        # The schedule keeps acknowledged entries too: what its group still holds is what waits
+        # (all of it while no promoter has created the group yet).
+        plan = await self.backend.stats(schedule.schedule_topic(topic))
+        group = plan.group(schedule.GROUP)
+        return dataclasses.replace(stats, scheduled=plan.length if group is None else group.backlog)
 
     async def topics(self) -> list[str]:
-        """Every topic that has had a message (or a group)."""
-        return sorted(await self.backend.topics())
+        """Every topic that has had a message (a delayed one too) or a group; not the internal schedules."""
+        return sorted({schedule.topic_of(t) for t in await self.backend.topics()})
 
     async def dead_letters(self, topic: str, *, count: int = 100, after: str = "") -> list[DeadLetter]:
         """Dead letters of ``topic``, oldest first, after dead letter ``after`` ("": from the oldest)."""
@@ -351,9 +418,15 @@ class Broker:
 
     async def aclose(self) -> None:
         """Finish publishes in flight, close subscriptions and release connections."""
+        self._closing = True
+        await asyncio.gather(*(r.aclose() for r in list(self._readers.readers)), return_exceptions=True)
+        promoters = list(self._promoters.values())
+        self._promoters.clear()
+        for task in promoters:
+            task.cancel()
+        await asyncio.gather(*promoters, return_exceptions=True)
         for coalescer in list(self._coalescers.values()):
             await coalescer.aclose()
-        await asyncio.gather(*(s.aclose() for s in list(self._subscriptions)), return_exceptions=True)
         await self.backend.aclose()
 
     async def __aenter__(self) -> Broker:
@@ -361,3 +434,19 @@ class Broker:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+class _OpenReaders:
+    """A broker's open subscriptions and broadcasts (``subscription.Readers``)."""
+
+    def __init__(self, broker: Broker) -> None:
+        self.broker = broker
+        self.readers: set[Subscription | Broadcast] = set()
+
+    def add(self, reader: Subscription | Broadcast) -> None:
+        self.readers.add(reader)
+        self.broker._reader_opened(reader.topic)
+
+    async def remove(self, reader: Subscription | Broadcast) -> None:
+        self.readers.discard(reader)
+        await self.broker._reader_closed(reader.topic)

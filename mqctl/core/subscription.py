@@ -26,9 +26,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Mapping, MutableSet, Sequence
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from mqctl.core.backend import Backend, BroadcastReader, Entry, GroupReader, ReaderOptions
 from mqctl.core.coalescer import Coalescer
@@ -97,6 +97,14 @@ class Delivery:
         return await self._subscription._bury(self, reason)
 
 
+class Readers(Protocol):
+    """Where a broker keeps its open readers: told when one opens and when it has closed."""
+
+    def add(self, reader: Any) -> None: ...
+
+    async def remove(self, reader: Any) -> None: ...
+
+
 class _Done:
     """An awaitable that is already complete (cheaper than a coroutine on a hot path)."""
 
@@ -139,7 +147,7 @@ class _Reader:
         filter: Predicate | None,
         poll_interval_s: float,
         batch: int,
-        live: MutableSet[Any],
+        live: Readers,
     ) -> None:
         _check_positive("poll_interval", poll_interval_s)
         if not isinstance(batch, int) or batch < 1:
@@ -215,7 +223,7 @@ class _Reader:
         self._closed = True
         if self._fetch is not None:
             await _cut_short(self._fetch)
-        self._live.discard(self)
+        await self._live.remove(self)
 
 
 class Subscription(_Reader):
@@ -235,7 +243,7 @@ class Subscription(_Reader):
         max_attempts: int,
         from_start: bool,
         redelivery: RetryPolicy,
-        live: MutableSet[Any],
+        live: Readers,
     ) -> None:
         super().__init__(backend, topic, filter, poll_interval_s, batch, live)
         _check_positive("ack_timeout", ack_timeout_s)
@@ -450,7 +458,7 @@ class Broadcast(_Reader):
         filter: Predicate | None,
         poll_interval_s: float,
         batch: int,
-        live: MutableSet[Any],
+        live: Readers,
     ) -> None:
         super().__init__(backend, topic, filter, poll_interval_s, batch, live)
         self.last_id = last_id

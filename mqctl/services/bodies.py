@@ -9,6 +9,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mqctl.core.message import MAX_TYPE_LENGTH
 from mqctl.core.names import MAX_NAME_LENGTH, NAME_PATTERN, check_name
+from mqctl.core.schedule import MAX_DELAY_S
 
 MAX_BATCH = 1000
 
@@ -62,6 +63,16 @@ class NewMessage(BaseModel):
 
 
 PartitionKey = Annotated[str, Field(min_length=1, max_length=200)]
+DelaySeconds = Annotated[
+    float,
+    Field(
+        ge=0,
+        le=MAX_DELAY_S,
+        allow_inf_nan=False,
+        strict=True,  # a number, as the schema says: not true, not "30"
+        description="Deliver no sooner than this many seconds from now (stored at once, in the broker).",
+    ),
+]
 _KEY_DOC = (
     "On a partitioned topic, picks the partition: messages with the same key keep their order. "
     "Ignored on a topic of one partition."
@@ -73,6 +84,7 @@ class PublishRequest(NewMessage):
 
     topic: TopicName | None = Field(None, description="The topic; the service's default topic when omitted.")
     key: PartitionKey | None = Field(None, description=_KEY_DOC)
+    delay_s: DelaySeconds | None = None
 
 
 class BatchRequest(BaseModel):
@@ -86,6 +98,7 @@ class BatchRequest(BaseModel):
     messages: list[NewMessage] = Field(min_length=1, max_length=MAX_BATCH)
     topic: TopicName | None = Field(None, description="The topic; the service's default topic when omitted.")
     key: PartitionKey | None = Field(None, description=_KEY_DOC + " The whole batch goes to its partition.")
+    delay_s: DelaySeconds | None = None
 
 
 class Accepted(BaseModel):

@@ -162,7 +162,9 @@ class PublishHandler:
         topic = message.topic or self.default_topic
         try:
             stored = Message(message.type, message.content, message.headers)
-            message_id = await broker.publish(topic, stored, key=message.key, idempotency_key=key)
+            message_id = await broker.publish(
+                topic, stored, key=message.key, idempotency_key=key, delay_s=message.delay_s
+            )
         except MQError as exc:
             return self.broker_error(request, exc)
         self.metrics.published_to(topic, 1)
@@ -181,7 +183,7 @@ class PublishHandler:
         topic = batch.topic or self.default_topic
         try:
             messages = [Message(m.type, m.content, m.headers) for m in batch.messages]
-            ids = await broker.publish_many(topic, messages, key=batch.key)
+            ids = await broker.publish_many(topic, messages, key=batch.key, delay_s=batch.delay_s)
         except MQError as exc:
             return self.broker_error(request, exc)
         self.metrics.published_to(topic, len(ids))

@@ -89,6 +89,22 @@ def test_message_published_before_listening_is_delivered(system: tuple[Service, 
     assert json.loads(listened.stdout.strip())["content"] == "early bird"
 
 
+def test_publish_with_delay_reaches_listen_once_due_not_before(
+    system: tuple[Service, Service], redis_server: RedisServer
+) -> None:
+    """`mqctl publish --delay 2`: Service B holds it (stats count it scheduled) and delivers it once due."""
+    a, b = system
+    sent_s = time.time()
+    published = mqctl("publish", "later", "--delay", "2", "--url", a.http)
+    assert published.returncode == 0, published.stderr
+    stats = mqctl("stats", "--broker", redis_server.url)
+    assert "1 scheduled" in stats.stdout, stats.stdout + stats.stderr
+    listened = mqctl("listen", "--url", b.ws, "--count", "1", "--json", "--timeout", "20")
+    assert listened.returncode == 0, listened.stderr
+    assert json.loads(listened.stdout.strip())["content"] == "later"
+    assert time.time() - sent_s >= 2.0
+
+
 def test_publish_command_reports_server_error(system: tuple[Service, Service]) -> None:
     """mqctl publish exits non-zero with the server's reason when Service A refuses."""
     a, _ = system

@@ -146,6 +146,30 @@ async def test_publish_goes_to_the_topic_named_in_the_body(client: httpx.AsyncCl
     assert await stored(broker) == []
 
 
+async def test_delay_s_schedules_the_message_instead_of_storing_it_on_the_topic(
+    client: httpx.AsyncClient, broker: mqctl.Broker
+) -> None:
+    """A "delay_s" (single and batch): 202, nothing on the topic yet, the messages counted as scheduled."""
+    one = await client.post("/messages", json={"type": "later", "content": 1, "delay_s": 30})
+    many = await client.post("/messages/batch", json={"messages": [{"type": "n", "content": 2}], "delay_s": 30.5})
+
+    assert one.status_code == 202 and many.status_code == 202, (one.text, many.text)
+    assert await stored(broker) == []
+    assert (await broker.stats(TOPIC)).scheduled == 2
+
+
+@pytest.mark.parametrize("delay", [-1, "soon", "30", True, 10**9, None])
+async def test_a_bad_delay_s_is_a_422_naming_the_field(client: httpx.AsyncClient, delay: Any) -> None:
+    """A negative, non-numeric (a string, a boolean) or over-a-year delay_s: 422 naming body.delay_s; null: none."""
+    response = await client.post("/messages", json={"type": "later", "content": 1, "delay_s": delay})
+    if delay is None:
+        assert response.status_code == 202, response.text
+        return
+    error = assert_error(response, 422, "invalid_request")
+    assert [f["field"] for f in error["fields"]] == ["delay_s"]
+    assert error["fields"][0]["location"] == "body"
+
+
 async def test_batch_stores_every_message_in_order(client: httpx.AsyncClient, broker: mqctl.Broker) -> None:
     """POST /messages/batch answers 202 with one id per message, in the order sent."""
     messages = [{"type": "n", "content": i} for i in range(3)]
