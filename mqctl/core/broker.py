@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import logging
 import os
@@ -18,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqctl.core import schedule
+from mqctl.core import schedule, tracing
 from mqctl.core.backend import Backend, DeadLetter, Limits, Outgoing, TopicStats
 from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import (
@@ -207,7 +208,7 @@ class Broker:
     def _outgoing(self, message: Message | Mapping[str, Any], idempotency_key: str | None, key: str | None) -> Outgoing:
         if key is not None and (not isinstance(key, str) or not key):
             raise ConfigError(f"A message key must be a non-empty string, got {key!r}.")
-        payload = encode_any(message)
+        payload = encode_any(tracing.stamped(message))
         if len(payload) > self.options.max_message_bytes:
             raise MessageTooLarge(len(payload), self.options.max_message_bytes)
         return Outgoing(payload, idempotency_key, key)
@@ -307,7 +308,10 @@ class Broker:
         """A reader of ``topic`` opened: run the topic's promoter of delayed messages here."""
         if schedule.is_schedule(topic) or topic in self._promoters or self._closing:
             return
-        self._promoters[topic] = asyncio.ensure_future(self._run_promoter(topic))
+        # In a context of its own: not in the span of whoever subscribed (mqctl.core.tracing).
+        self._promoters[topic] = asyncio.get_running_loop().create_task(
+            self._run_promoter(topic), context=contextvars.Context()
+        )
 
     async def _reader_closed(self, topic: str) -> None:
         """A reader of ``topic`` closed: the last one takes the topic's promoter with it."""

@@ -28,6 +28,7 @@ from typing import Any, Literal
 import orjson
 from starlette.websockets import WebSocket
 
+from mqctl.core import tracing
 from mqctl.core.filters import Filter
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
@@ -67,7 +68,7 @@ def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str, 
         "id": entry_id,
         "type": message.type,
         "content": message.content,
-        "headers": dict(message.headers),
+        "headers": dict(tracing.delivered(message.headers, topic, entry_id)),
         "attempt": attempt,
         "topic": topic,
     }

@@ -34,6 +34,7 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from mqctl.config import Settings
+from mqctl.core import tracing
 from mqctl.core.broker import Broker
 from mqctl.core.errors import MQError, QueueFull
 from mqctl.core.message import Message
@@ -162,9 +163,10 @@ class PublishHandler:
         topic = message.topic or self.default_topic
         try:
             stored = Message(message.type, message.content, message.headers)
-            message_id = await broker.publish(
-                topic, stored, key=message.key, idempotency_key=key, delay_s=message.delay_s
-            )
+            with tracing.producing(topic, request.headers):
+                message_id = await broker.publish(
+                    topic, stored, key=message.key, idempotency_key=key, delay_s=message.delay_s
+                )
         except MQError as exc:
             return self.broker_error(request, exc)
         self.metrics.published_to(topic, 1)
@@ -183,7 +185,8 @@ class PublishHandler:
         topic = batch.topic or self.default_topic
         try:
             messages = [Message(m.type, m.content, m.headers) for m in batch.messages]
-            ids = await broker.publish_many(topic, messages, key=batch.key, delay_s=batch.delay_s)
+            with tracing.producing(topic, request.headers):
+                ids = await broker.publish_many(topic, messages, key=batch.key, delay_s=batch.delay_s)
         except MQError as exc:
             return self.broker_error(request, exc)
         self.metrics.published_to(topic, len(ids))

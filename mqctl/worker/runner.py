@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mqctl.core import tracing
 from mqctl.core.broker import Broker
 from mqctl.core.errors import MQError
 from mqctl.core.retry import RetryPolicy
@@ -174,11 +175,12 @@ class HandlerRunner:
                 await self._dead_letter(delivery, f"invalid content: {exc}")
                 return
             try:
-                if handler.timeout_s is None:
-                    await handler.func(*args, **kwargs)
-                else:
-                    async with asyncio.timeout(handler.timeout_s) as bound:
+                with tracing.consuming("process", handler.topic, delivery.id, delivery.headers, handler.group):
+                    if handler.timeout_s is None:
                         await handler.func(*args, **kwargs)
+                    else:
+                        async with asyncio.timeout(handler.timeout_s) as bound:
+                            await handler.func(*args, **kwargs)
             except Retry as exc:
                 counts.failed += 1
                 await self._nack(delivery, exc.delay_s, exc.reason)
