@@ -13,6 +13,11 @@ permessage-deflate (Service B always does; bare is started with uvicorn's
 ``--ws-per-message-deflate false``), so neither side compresses. They count frames and parse
 none but the last.
 
+    batched     one client as users write them (issue #16): ``json.loads`` on every frame, acks
+                of 100 ids a frame. Bare pushes a frame per message (it ignores the acks); ours
+                sends batched frames (``frames=batch``, group mode, no auto_ack) over a
+                pre-filled topic. The rate is messages/s; the target compares it with the
+                frames/s the same client takes from bare.
     single      one client. Ours: group mode (the default group), ``auto_ack=true``, over a
                 topic that holds the N messages before the client connects (pre-filled with
                 ``publish_many``, not timed). Timed from the connect to the N-th message frame.
@@ -59,7 +64,8 @@ PUBLISH_BATCH = 100
 PREFILL_BATCH = 1000
 MAX_SIZE = 2**20
 
-TARGETS = {"single": 0.7, "broadcast": 0.5}
+TARGETS = {"single": 0.7, "broadcast": 0.5, "batched": 1.0}
+ACK_BURST = 100
 
 
 @dataclass
@@ -110,6 +116,29 @@ async def _count(ws: ClientConnection, n: int) -> tuple[float, str]:
             text = raw
         elif '"error"' in raw:
             raise RuntimeError(f"The server sent an error frame: {raw}")
+    return time.perf_counter(), text
+
+
+async def _consume(ws: ClientConnection, n: int) -> tuple[float, str]:
+    """A client as users write one: ``json.loads`` per frame, acks in bursts of ``ACK_BURST`` ids
+    (bare takes them and ignores them). A batched frame (a JSON array) counts for its messages."""
+    seen = 0
+    ids: list[str] = []
+    text = ""
+    while seen < n:
+        raw = await ws.recv()
+        frame = json.loads(raw)
+        messages = frame if isinstance(frame, list) else [frame] if "id" in frame else []
+        if not messages:
+            if "error" in frame:
+                raise RuntimeError(f"The server sent an error frame: {raw!r}")
+            continue
+        seen += len(messages)
+        text = str(raw)
+        ids += [m["id"] for m in messages]
+        if len(ids) >= ACK_BURST or seen >= n:
+            await ws.send(json.dumps({"ack": ids}))
+            ids = []
     return time.perf_counter(), text
 
 
@@ -168,6 +197,35 @@ class Bench:
         await self._settled(topic, n)
         return timed
 
+    # -- one client as users write them: parses every frame, acks in bursts -------------------
+
+    async def bare_batched(self, n: int) -> Timed:
+        """Bare pushes a frame per message; the client parses each and acks in bursts."""
+        url = self.bare_url(self.topic("batched"), n, wait=False)
+
+        async def work(start: float) -> tuple[float, int, str]:
+            async with await _open(url) as ws:
+                end, last = await _consume(ws, n)
+            return end, n, last
+
+        return await self._timed(self.bare, work)
+
+    async def ours_batched(self, n: int) -> Timed:
+        """Ours sends batched frames (frames=batch) in group mode; the same client acks in bursts."""
+        topic = self.topic("batched")
+        for i in range(0, n, PREFILL_BATCH):
+            await self.broker.publish_many(topic, [MESSAGE] * min(PREFILL_BATCH, n - i))
+        url = self.ours_url(topic, "frames=batch")
+
+        async def work(start: float) -> tuple[float, int, str]:
+            async with await _open(url) as ws:
+                end, last = await _consume(ws, n)
+            return end, n, last
+
+        timed = await self._timed(self.ours, work)
+        await self._settled(topic, n)
+        return timed
+
     async def _settled(self, topic: str, n: int) -> None:
         """Not timed: the default group has every message acknowledged (acks land after the reads)."""
         deadline = time.monotonic() + 10
@@ -218,7 +276,7 @@ class Bench:
 async def run(
     rounds: int, n_single: int, n_broadcast: int, clients: int, uvloop: bool, log: Any
 ) -> tuple[dict[str, Scenario], dict[str, str]]:
-    scenarios = {"single": Scenario("single"), "broadcast": Scenario("broadcast")}
+    scenarios = {name: Scenario(name) for name in TARGETS}
     with RedisServer() as private:
         env = environment("websockets", "orjson")
         env["ours_event_loop"] = (
@@ -244,9 +302,10 @@ async def run(
                 for side in ("bare", "ours"):
                     await getattr(bench, f"{side}_single")(min(n_single, 2000))
                     await getattr(bench, f"{side}_broadcast")(min(n_broadcast, 100))
+                    await getattr(bench, f"{side}_batched")(min(n_single, 2000))
                 for i in range(rounds):
                     order = ("ours", "bare") if i % 2 else ("bare", "ours")
-                    for name, n in (("single", n_single), ("broadcast", n_broadcast)):
+                    for name, n in (("single", n_single), ("broadcast", n_broadcast), ("batched", n_single)):
                         got: dict[str, Timed] = {}
                         for side in order:
                             got[side] = timed = await getattr(bench, f"{side}_{name}")(n)

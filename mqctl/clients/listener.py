@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
@@ -58,7 +59,8 @@ class Listener:
         max_reconnects: int | None = None,
     ) -> None:
         self.base_url = url
-        self.params: dict[str, Any] = {"mode": "broadcast" if broadcast else "group"}
+        # Batched frames: several messages in one frame, one parse for all (Service B's frames=batch).
+        self.params: dict[str, Any] = {"mode": "broadcast" if broadcast else "group", "frames": "batch"}
         if topic:
             self.params["topic"] = topic
         if types:
@@ -78,6 +80,7 @@ class Listener:
         self.events: list[dict[str, Any]] = []
         self._ws: ClientConnection | None = None
         self._closed = False
+        self._ready: deque[dict[str, Any]] = deque()  # messages of the last batched frame, not yet yielded
 
     def _url(self) -> str:
         params = dict(self.params)
@@ -121,12 +124,17 @@ class Listener:
 
     async def __anext__(self) -> dict[str, Any]:
         while not self._closed:
+            if self._ready:
+                frame = self._ready.popleft()
+                self.last_id = position_after(frame)  # as each is yielded: a resume repeats nothing unseen
+                return frame
             if self._ws is None:
                 self._ws = await self._connect()
             try:
                 raw = await self._ws.recv()
             except ConnectionClosed as exc:
                 self._ws = None
+                self._ready.clear()  # they come again: a group redelivers them, a broadcast resumes before them
                 if self._closed:
                     break
                 rcvd = exc.rcvd
@@ -136,6 +144,9 @@ class Listener:
                 log.warning("Service B closed the connection (%s); reconnecting.", rcvd or "no close frame")
                 continue
             frame = orjson.loads(raw)
+            if isinstance(frame, list):
+                self._ready.extend(m for m in frame if isinstance(m, dict))
+                continue
             if not isinstance(frame, dict):
                 continue
             if "id" in frame and "type" in frame:

@@ -170,6 +170,7 @@ class Connection:
         filter: Filter | None,
         auto_ack: bool,
         capacity: int,
+        batch_max: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         counters: ConnectionCounters | None = None,
     ) -> None:
@@ -180,6 +181,8 @@ class Connection:
         self.filter = filter
         self.auto_ack = auto_ack
         self.capacity = capacity
+        self.batch_max = batch_max
+        """Most messages in one frame (a JSON array of them); None: a frame per message."""
         self.unacked: dict[str, Delivery] = {}
         """Deliveries queued or sent to this client and not yet acknowledged, by id."""
         self.held: list[tuple[str, str]] | None = None
@@ -335,16 +338,49 @@ class Connection:
         return burst
 
     async def _write(self, burst: list[_Frame], written: list[Delivery]) -> None:
+        if self.batch_max is not None:
+            await self._write_batched(burst, written, self.batch_max)
+            return
         send = self.websocket.send_text
         counters = self._counters
         auto_ack = self.auto_ack
-        for frame in burst:
+        for frame in burst:  # _sent, inline: this runs once per frame
             await send(frame.text)
             delivery = frame.delivery
             if frame.message and counters is not None:
                 counters.sent(1 if delivery is None else delivery.attempt)
             if delivery is not None and auto_ack:
                 written.append(delivery)
+
+    async def _write_batched(self, burst: list[_Frame], written: list[Delivery], batch_max: int) -> None:
+        """Runs of message frames go out as JSON arrays of at most ``batch_max``, in order; the
+        frames of events between them go out alone. A frame's text is already a JSON object, so
+        an array is the texts joined."""
+        send = self.websocket.send_text
+        run: list[_Frame] = []
+        for frame in burst:
+            if frame.message:
+                run.append(frame)
+                if len(run) < batch_max:
+                    continue
+            if run:
+                await send("[" + ",".join([f.text for f in run]) + "]")
+                for sent in run:
+                    self._sent(sent, written)
+                run = []
+            if not frame.message:
+                await send(frame.text)
+        if run:
+            await send("[" + ",".join([f.text for f in run]) + "]")
+            for sent in run:
+                self._sent(sent, written)
+
+    def _sent(self, frame: _Frame, written: list[Delivery]) -> None:
+        delivery = frame.delivery
+        if frame.message and self._counters is not None:
+            self._counters.sent(1 if delivery is None else delivery.attempt)
+        if delivery is not None and self.auto_ack:
+            written.append(delivery)
 
     def _auto_ack(self, written: list[Delivery]) -> None:
         """Acknowledge deliveries written to the socket that the client has not settled itself,

@@ -18,6 +18,10 @@ Query parameters of ``/ws``:
     mode=broadcast      every message to every connection, no acknowledgement
     group=NAME          the group in group mode (default ``settings.group``)
     auto_ack=true       acknowledge each message once it is written to the socket (default false)
+    frames=batch        each message frame is a JSON array of the messages that were ready, in
+                        order (at most ``batch_max``; one message is an array of one); events
+                        stay single objects. ``frames=message`` (the default): one a frame
+    batch_max=N         with ``frames=batch``: most messages in one frame (1 to 1000, default 100)
     last_id=ID          broadcast mode only: first send what was retained after ID (a resume);
                         ``0-0`` means everything retained. On a partitioned topic, message ids are
                         ``P:MS-SEQ`` and a resume names the last id seen of each partition:
@@ -32,6 +36,7 @@ Frames from the server, one JSON object each; a connection that is accepted firs
     {"event": "history_lost", "detail", "first_id"}   a resume from before the oldest retained message,
                                                       or from past the newest (the topic was deleted since)
     {"id", "type", "content", "headers", "attempt", "topic"}   a message (broadcast: attempt 1)
+    [{"id", ...}, {"id", ...}]                        frames=batch: messages in order
     {"error": CODE, "detail": SENTENCE}               the connection stays open, except as noted
 
     error               when
@@ -106,6 +111,8 @@ from mqctl.services.startup import broker_for, check_broker
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 2.0
+DEFAULT_BATCH_MAX = 100
+MAX_BATCH_MAX = 1000
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
 
@@ -128,6 +135,8 @@ class Params:
     filter: Filter | None
     auto_ack: bool
     last_id: str | None
+    batch_max: int | None = None
+    """With ``frames=batch``: most messages in one frame; None: a frame per message."""
 
 
 def parse_params(
@@ -142,6 +151,7 @@ def parse_params(
     auto_ack = (query.get("auto_ack") or "false").lower()
     if auto_ack not in _TRUE | _FALSE:
         raise InvalidParameter("auto_ack", f"auto_ack must be true or false, got {query.get('auto_ack')!r}.")
+    batch_max = _batch_max(query)
     last_id = query.get("last_id")
     if last_id is not None:
         if mode != "broadcast":
@@ -160,7 +170,25 @@ def parse_params(
         filter=_filter(query),
         auto_ack=auto_ack in _TRUE,
         last_id=last_id,
+        batch_max=batch_max,
     )
+
+
+def _batch_max(query: QueryParams) -> int | None:
+    """``frames`` and ``batch_max``: the most messages in one frame, or None for a frame per message."""
+    frames = query.get("frames") or "message"
+    if frames not in ("message", "batch"):
+        raise InvalidParameter("frames", f"Unknown frames {frames!r}; expected 'message' or 'batch'.")
+    given = query.get("batch_max")
+    if given is None:
+        return DEFAULT_BATCH_MAX if frames == "batch" else None
+    if frames != "batch":
+        raise InvalidParameter("batch_max", "batch_max sizes batched frames; add frames=batch.")
+    if not given.isdigit() or not 1 <= int(given) <= MAX_BATCH_MAX:
+        raise InvalidParameter(
+            "batch_max", f"batch_max must be a whole number from 1 to {MAX_BATCH_MAX}, got {given!r}."
+        )
+    return int(given)
 
 
 def _checked(kind: Literal["topic", "group"], value: str) -> str:
@@ -340,6 +368,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             group=params.group,
             filter=params.filter,
             auto_ack=params.auto_ack,
+            batch_max=params.batch_max,
             capacity=settings.ws_send_buffer,
             counters=metrics.for_connection(params.topic, params.mode, params.group),
         )

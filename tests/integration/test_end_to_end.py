@@ -16,6 +16,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect
 
+from mqctl.clients.listener import Listener
 from tests.integration.conftest import Service, healthy
 from tests.servers import RedisServer, free_port, stop_process, wait_for
 
@@ -140,6 +141,28 @@ async def test_group_connections_share_the_stream(system: tuple[Service, Service
         await asyncio.gather(drain(ws1, 1), drain(ws2, 2))
     assert sorted(seen) == list(range(40))
     assert set(seen.values()) == {1, 2}, "one connection got everything: no sharing"
+
+
+async def test_listener_takes_batched_frames_one_message_at_a_time_and_resumes_after_the_last_taken(
+    system: tuple[Service, Service],
+) -> None:
+    """mqctl's Listener asks for batched frames: it yields their messages in order, and its resume
+    point is the last message it yielded, not the last one the frame held."""
+    a, b = system
+    async with Listener(b.ws, topic="batched", broadcast=True, max_reconnects=0) as listener:
+        async with httpx.AsyncClient(base_url=a.http) as client:
+            body = {"topic": "batched", "messages": [{"type": "n", "content": i} for i in range(30)]}
+            response = await client.post("/messages/batch", json=body)
+            assert response.status_code == 202, response.text
+            ids = response.json()["ids"]
+        async with asyncio.timeout(10):
+            first = [await anext(listener) for _ in range(10)]
+        assert listener.last_id == ids[9]
+    assert [f["id"] for f in first] == ids[:10]
+    async with Listener(b.ws, topic="batched", broadcast=True, last_id=ids[9], max_reconnects=0) as resumed:
+        async with asyncio.timeout(10):
+            rest = [await anext(resumed) for _ in range(20)]
+    assert [f["content"] for f in rest] == list(range(10, 30))
 
 
 async def test_broadcast_resume_without_gaps(system: tuple[Service, Service]) -> None:

@@ -13,17 +13,15 @@ import contextlib
 import functools
 import json
 import logging
-import os
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 import pytest
-import redis
 from fastapi import FastAPI
 from starlette.exceptions import StarletteDeprecationWarning
 from starlette.websockets import WebSocketDisconnect
@@ -38,8 +36,6 @@ import mqctl
 from mqctl.backends.memory import MemoryStore
 from mqctl.backends.streams import StreamBackend
 from mqctl.config import Settings
-from mqctl.services import connection as connection_module
-from mqctl.services import pumps as pumps_module
 from mqctl.services.delivery import create_app
 
 Frame = dict[str, Any]
@@ -123,15 +119,6 @@ class Service:
         while not condition():
             assert time.monotonic() < deadline, "the condition did not hold in time"
             time.sleep(0.02)
-
-
-@pytest.fixture
-def service() -> Iterator[Service]:
-    """Service B with its lifespan running and a broker of its own on a fresh memory store."""
-    settings = make_settings()
-    app = create_app(settings)
-    with TestClient(app) as client:
-        yield Service(client, app, settings)
 
 
 def subscribed(ws: WebSocketTestSession) -> Frame:
@@ -614,13 +601,6 @@ class AsgiSocket:
             await self.task
 
 
-@pytest.fixture
-def fast_stall(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A stalled connection is noticed after 0.3 s instead of 5 s."""
-    monkeypatch.setattr(connection_module, "STALL_S", 0.3)
-    monkeypatch.setattr(pumps_module, "TICK_S", 0.1)
-
-
 async def test_stalled_group_connection_is_closed_4001_and_its_messages_go_to_another(fast_stall: None) -> None:
     """A group client that stops reading: others get the messages, it is closed with 4001, nothing is lost."""
     settings = make_settings(ws_send_buffer=2)  # the ack timeout (30 s) cannot rescue anything here
@@ -745,37 +725,6 @@ async def test_pump_keeps_retrying_while_the_broker_is_down_and_resumes(caplog: 
 
 
 # -- real Redis -------------------------------------------------------------------
-
-
-@pytest.fixture
-def redis_service() -> Iterator[Service]:
-    """Service B on a real Redis under a key prefix of its own (skipped if no Redis answers)."""
-    url = os.environ.get("MQCTL_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    probe = redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
-    try:
-        probe.ping()
-    except (redis.RedisError, OSError):
-        pytest.skip(f"No Redis answers at {url}.")
-    finally:
-        probe.close()
-    prefix = f"mqtest-{uuid.uuid4().hex}"
-    settings = make_settings(broker_url=url)
-    broker = mqctl.open_broker(url, prefix=prefix)
-    app = create_app(settings, broker=broker)
-    try:
-        with TestClient(app) as client:
-            yield Service(client, app, settings)
-            assert client.portal is not None
-            client.portal.call(app.state.delivery.aclose)  # readers first, while the broker is open
-            client.portal.call(broker.aclose)
-    finally:
-        cleaner = redis.Redis.from_url(url, socket_timeout=5)
-        try:
-            keys = list(cleaner.scan_iter(match=f"{prefix}:*", count=1000))
-            if keys:
-                cleaner.delete(*keys)
-        finally:
-            cleaner.close()
 
 
 @pytest.mark.redis
