@@ -97,7 +97,7 @@ def stats_table(stats: list[TopicStats], title: str | None = None, *, consumer_n
     """One row per group of each topic (a topic without groups gets one row). Without
     ``consumer_names`` (the backend keeps no consumer count nor pending ages) those say n/a."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("topic", style="bold", overflow="fold", min_width=11)  # fits "N scheduled"
+    table.add_column("topic", style="bold", overflow="fold", min_width=6)
     table.add_column("group", overflow="fold", min_width=6)
     for name in ("length", "backlog", "pending", "oldest\npending", "consumers", "dead\nletters"):
         table.add_column(name, justify="right")

@@ -51,14 +51,15 @@ async def test_nothing_arrives_early(broker: mqctl.Broker) -> None:
         await later.ack()
 
 
-async def test_publish_many_delays_them_all_in_order(broker: mqctl.Broker) -> None:
-    """``publish_many(..., delay_s=...)``: all held, then all delivered, in the order given."""
+async def test_publish_many_delays_them_all(broker: mqctl.Broker) -> None:
+    """``publish_many(..., delay_s=...)``: all held, then all delivered. Not in order on every
+    backend: each waits as a redelivery does, and JetStream redelivers ties in any order."""
     async with broker.subscribe("orders", group="billing", poll_interval=0.1) as sub:
         published = time.monotonic()
         await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(5)], delay_s=DELAY_S)
         got = await take(sub, 5)
         assert time.monotonic() - published >= DELAY_S * 0.95
-        assert [d.message.content for d in got] == [0, 1, 2, 3, 4]
+        assert sorted(d.message.content for d in got) == [0, 1, 2, 3, 4]
         for d in got:
             await d.ack()
 

@@ -98,8 +98,11 @@ def test_publish_with_delay_reaches_listen_once_due_not_before(
     sent_s = time.time()
     published = mqctl("publish", "later", "--delay", "2", "--url", a.http)
     assert published.returncode == 0, published.stderr
-    stats = mqctl("stats", "--broker", redis_server.url)
-    assert "1 scheduled" in stats.stdout, stats.stdout + stats.stderr
+    stats = mqctl("stats", "--broker", redis_server.url, "--json")
+    assert stats.returncode == 0, stats.stderr
+    assert [(t["topic"], t["scheduled"]) for t in json.loads(stats.stdout)] == [("messages", 1)]
+    table = mqctl("stats", "--broker", redis_server.url)
+    assert "scheduled" in table.stdout, table.stdout  # under the topic's name (wrapped if narrow)
     listened = mqctl("listen", "--url", b.ws, "--count", "1", "--json", "--timeout", "20")
     assert listened.returncode == 0, listened.stderr
     assert json.loads(listened.stdout.strip())["content"] == "later"
