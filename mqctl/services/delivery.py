@@ -88,6 +88,7 @@ from typing import Literal
 
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.datastructures import QueryParams
 
 from mqctl.config import Settings
@@ -307,7 +308,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
                 if owned:
                     await active.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own assets: no CDN
         title="mqctl Service B",
         description="Deliver messages to WebSocket clients: shared by a group, or broadcast.",
         lifespan=lifespan,

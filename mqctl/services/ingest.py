@@ -44,6 +44,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 from starlette.exceptions import HTTPException
@@ -200,7 +201,7 @@ def create_app(settings: Settings, *, broker: Broker | None = None) -> FastAPI:
             app.state.broker = metrics.broker_gauges.broker = None
             await owned.aclose()
 
-    app = FastAPI(
+    app = FastAPIOffline(  # /docs and /redoc from the package's own assets: no CDN
         title="mqctl Service A",
         version=__version__,
         description="Publish messages to mqctl topics over HTTP. A 202 means the broker has stored them.",

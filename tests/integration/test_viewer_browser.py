@@ -1,4 +1,5 @@
-"""Service B's viewer page in a real headless Chromium (Debian's), fed by serve-a and serve-b processes."""
+"""The services' pages in a real headless Chromium (Debian's), fed by serve-a and serve-b processes:
+Service B's viewer, and Service A's Swagger UI with no network beyond loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -132,3 +134,33 @@ def test_viewer_reconnects_and_resumes_without_gaps(
     ids = page.locator("#rows tr").evaluate_all("rows => rows.map(r => r.dataset.id)")
     assert ids == [after, *reversed(missed), before], "a gap or a duplicate after the reconnect"
     page.screenshot(path=str(tmp_path / "viewer-reconnected.png"), full_page=True)
+
+
+def test_swagger_ui_renders_without_internet_and_shows_post_messages_with_its_example(
+    system: tuple[Service, Service], browser: Any
+) -> None:
+    """/docs with every request off loopback refused (as on a machine without internet): Swagger UI
+    renders from the package's own assets and shows POST /messages with its example body."""
+    from playwright.sync_api import expect
+
+    a, _ = system
+    refused: list[str] = []
+
+    def loopback_only(route: Any) -> None:
+        if urlsplit(route.request.url).hostname in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    context = browser.new_context()
+    context.route("**/*", loopback_only)
+    page = context.new_page()
+    page.goto(f"{a.http}/docs")
+    operation = page.locator(".opblock-post").filter(has=page.locator('[data-path="/messages"]'))
+    expect(operation).to_be_visible()
+    expect(operation).to_contain_text("Publish one message")
+    operation.locator(".opblock-summary").click()
+    expect(operation.locator(".opblock-body")).to_contain_text("order.created")  # the example body
+    assert refused == [], f"the page asked for assets off this machine: {refused}"
+    context.close()
