@@ -255,8 +255,8 @@ async def _up(settings: Any, host: str, port_a: int, port_b: int) -> None:
     try:
         await serve(
             [
-                Endpoint(ingest.create_app(settings, broker=broker), host, port_a),
-                Endpoint(delivery.create_app(settings, broker=broker), host, port_b),
+                Endpoint(ingest.create_app(settings, broker=broker), host, port_a, "Service A"),
+                Endpoint(delivery.create_app(settings, broker=broker), host, port_b, "Service B"),
             ],
             log_level=settings.log_level,
             started=started,
@@ -534,6 +534,10 @@ def loadtest(
         raise typer.Exit(1)
 
 
+LOG_EVERY_S = 5.0
+"""Without a terminal, the loadtest's progress is a line this often."""
+
+
 async def _loadtest(spec: Any, show_progress: bool) -> Any:
     from rich.live import Live
 
@@ -542,6 +546,7 @@ async def _loadtest(spec: Any, show_progress: bool) -> Any:
     if not show_progress:
         return await loadtest.run(spec)
     previous = [0.0, 0, 0]
+    latest: list[loadtest.Progress] = []
 
     def view(p: loadtest.Progress) -> str:
         dt = max(p.elapsed_s - previous[0], 1e-9)
@@ -552,6 +557,17 @@ async def _loadtest(spec: Any, show_progress: bool) -> Any:
             f"  received {p.received:>8} ({received_rate:,.0f}/s)"
         )
 
+    if not err.is_terminal:  # a log or a pipe: whole lines, one every LOG_EVERY_S and the last
+
+        def log_line(p: loadtest.Progress) -> None:
+            latest[:] = [p]
+            if p.elapsed_s - previous[0] >= LOG_EVERY_S:
+                err.print(view(p), highlight=False, soft_wrap=True)
+
+        report = await loadtest.run(spec, on_progress=log_line)
+        if latest and latest[0].elapsed_s > previous[0]:
+            err.print(view(latest[0]), highlight=False, soft_wrap=True)
+        return report
     with Live("starting...", console=err, refresh_per_second=4, transient=False) as live:
         return await loadtest.run(spec, on_progress=lambda p: live.update(view(p)))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import re
 import signal
@@ -43,13 +44,28 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+_serving: contextvars.ContextVar[str] = contextvars.ContextVar("mqctl_serving", default="")
+
+
+class NameTheServer(logging.Filter):
+    """Prefix uvicorn's lines with the name of the endpoint whose server wrote them (``mqctl up``
+    runs two servers in one process, and their lines would read the same)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        name = _serving.get()
+        if name and isinstance(record.msg, str):
+            record.msg = f"{name}: {record.msg}"
+        return True
+
+
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """One app to serve on one address."""
+    """One app to serve on one address; ``name`` prefixes its server's log lines when several run."""
 
     app: Any
     host: str
     port: int
+    name: str = ""
 
 
 async def serve(
@@ -66,8 +82,12 @@ async def serve(
     ``secrets`` (a token, a password) are masked in every log line uvicorn writes.
     """
     redact = RedactSecrets(secrets)
-    for name in ("uvicorn.error", "uvicorn.access"):
-        logging.getLogger(name).addFilter(redact)
+    named = NameTheServer()
+    uvicorn_loggers = [logging.getLogger(name) for name in ("uvicorn.error", "uvicorn.access")]
+    for logger in uvicorn_loggers:
+        logger.addFilter(redact)
+        if len(endpoints) > 1:
+            logger.addFilter(named)
     servers = [
         uvicorn.Server(
             uvicorn.Config(
@@ -120,7 +140,11 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop)
     try:
-        tasks = [asyncio.create_task(s.serve()) for s in servers]
+        tasks = []
+        for server, endpoint in zip(servers, endpoints, strict=True):
+            context = contextvars.copy_context()  # each server's lines carry its endpoint's name
+            context.run(_serving.set, endpoint.name or f"{endpoint.host}:{endpoint.port}")
+            tasks.append(asyncio.create_task(server.serve(), context=context))
         if started is not None:
             while not all(s.started for s in servers) and not any(t.done() for t in tasks):
                 await asyncio.sleep(0.05)
@@ -135,3 +159,5 @@ async def serve(
             task.cancel()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+        for logger in uvicorn_loggers:
+            logger.removeFilter(named)

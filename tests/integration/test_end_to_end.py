@@ -271,8 +271,9 @@ def _up(tmp_path: Path, *args: str, env: dict[str, str]) -> tuple[subprocess.Pop
 
 
 async def test_up_runs_both_services_on_redis(redis_server: RedisServer, tmp_path: Path) -> None:
-    """mqctl up (the README's main job) on a Redis: a message posted to A reaches a client of B."""
-    process, a, b, _ = _up(tmp_path, env={"MQCTL_BROKER_URL": redis_server.url})
+    """mqctl up (the README's main job) on a Redis: a message posted to A reaches a client of B;
+    the log says which service each of uvicorn's lines is about."""
+    process, a, b, log_path = _up(tmp_path, env={"MQCTL_BROKER_URL": redis_server.url})
     try:
         async with connect(b.replace("http", "ws") + "/ws?topic=t&group=g") as ws:
             await subscribed(ws)
@@ -283,6 +284,8 @@ async def test_up_runs_both_services_on_redis(redis_server: RedisServer, tmp_pat
             assert frame["id"] == posted.json()["id"] and frame["content"] == 1
     finally:
         assert stop_process(process) == 0
+    started = [line for line in log_path.read_text().splitlines() if "Application startup complete" in line]
+    assert len(started) == 2 and any("Service A: " in x for x in started) and any("Service B: " in x for x in started)
 
 
 def test_up_honours_mqctl_replicas(redis_server: RedisServer, tmp_path: Path) -> None:

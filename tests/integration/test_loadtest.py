@@ -61,6 +61,26 @@ def test_loadtest_batches_through_the_batch_endpoint(system: tuple[Service, Serv
     assert (report["accepted"], report["received"], report["lost"]) == (1000, 1000, 0)
 
 
+def test_without_a_terminal_progress_and_the_table_are_whole_lines(system: tuple[Service, Service]) -> None:
+    """Into a log (stderr and stdout in one file, no TTY): progress comes as whole lines, and the
+    result table starts on a line of its own, not glued to the last progress line."""
+    a, b = system
+    result = subprocess.run(
+        [sys.executable, "-m", "mqctl", "loadtest", "--a-url", a.http, "--b-url", b.ws, "--messages", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=100,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    progress = [line for line in lines if "sent" in line and "accepted" in line and "received" in line]
+    assert progress, result.stdout
+    assert all(line.lstrip()[0].isdigit() and line.rstrip().endswith("/s)") for line in progress), progress
+    assert any(line.startswith("loadtest ") for line in lines), result.stdout
+
+
 def test_loadtest_reports_loss_and_fails(system: tuple[Service, Service]) -> None:
     """A listener that filters everything out makes the run report loss and exit non-zero."""
     a, b = system
