@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Turn the figures of the last reliability run into the README's markdown tables.
+"""Turn the figures of the last reliability run into the markdown tables of docs/reliability.md.
 
     MQCTL_RELIABILITY_REPORT=reliability.jsonl python3 -m pytest -q tests/reliability
     python3 scripts/reliability_table.py reliability.jsonl
