@@ -23,9 +23,8 @@ from mqctl.core.filters import Filter, by_header, by_type, where
 from mqctl.core.message import Message
 from mqctl.core.retry import RetryPolicy
 from mqctl.core.subscription import Broadcast, Delivery, Subscription
+from mqctl.version import __version__
 from mqctl.worker import App
-
-__version__ = "0.1.0"
 
 __all__ = [
     "App",

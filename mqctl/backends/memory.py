@@ -1,6 +1,6 @@
 """The in-process backend (``memory://``): the embedded default and the reference in tests.
 
-A ``StreamStore`` of the Redis Streams family (``streams.py``): ids ``"<ms>-<seq>"``, groups
+A ``StreamStore`` of the Redis Streams family (``store.py``): ids ``"<ms>-<seq>"``, groups
 with a last delivered id, pending entries with a delivery count and an idle time; the same
 reader and partitions as Redis run over it. Brokers connected to the same ``memory://NAME``
 in one process share one store; nothing survives the process.
@@ -122,7 +122,7 @@ def _store_named(name: str) -> _Store:
 
 
 class MemoryStore:
-    """Topics kept in this process's memory. See ``mqctl.backends.streams.StreamStore``."""
+    """Topics kept in this process's memory. See ``mqctl.backends.store.StreamStore``."""
 
     def __init__(self, name: str = "", *, monotonic: Callable[[], float] = time.monotonic) -> None:
         self._store = _store_named(name)

@@ -32,13 +32,11 @@ import re
 import zlib
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from mqctl.backends.store import StreamStore
 from mqctl.core.backend import DeadLetter, Entry, GroupStats, Limits, Outgoing, TopicStats
 from mqctl.core.errors import ConfigError, QueueFull
-
-if TYPE_CHECKING:
-    from mqctl.backends.streams import StreamStore
 
 log = logging.getLogger(__name__)
 

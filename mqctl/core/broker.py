@@ -324,18 +324,31 @@ class Broker:
                 await task
 
     async def _run_promoter(self, topic: str) -> None:
-        failures = 0
-        while not self._closing:
-            try:
-                await schedule.promote(self, topic)
-                return
-            except MQError as exc:  # the broker went away: try again, as a consumer would
-                failures += 1
-                wait_s = self.options.publish_retry.delay_s(failures)
-                log.warning(
-                    "Delayed messages of %r cannot be promoted now (%s); trying again in %.1f s", topic, exc, wait_s
-                )
-                await asyncio.sleep(wait_s)
+        async def promote() -> None:
+            sub = self.subscribe(
+                schedule.schedule_topic(topic),
+                group=schedule.GROUP,
+                ack_timeout=schedule.HOP_S,
+                max_attempts=schedule.ATTEMPTS,
+                poll_interval=1.0,
+                from_start=True,
+            )
+            await schedule.promote(sub, self.publish, topic)
+
+        def retrying(exc: Exception, wait_s: float) -> None:
+            log.warning(
+                "Delayed messages of %r cannot be promoted now (%s); trying again in %.1f s", topic, exc, wait_s
+            )
+
+        # the broker went away: try again, as a consumer would, until this broker closes
+        with contextlib.suppress(MQError):
+            await retry_call(
+                promote,
+                policy=self.options.publish_retry,
+                deadline_s=None,
+                should_retry=lambda exc: isinstance(exc, MQError) and not self._closing,
+                on_retry=retrying,
+            )
 
     async def create_group(self, topic: str, group: str, *, from_start: bool = True) -> bool:
         """Create ``group`` on ``topic`` so it keeps every message from now (or from the start)."""

@@ -57,13 +57,16 @@ async def retry_call(
     policy: RetryPolicy,
     deadline_s: float | None,
     should_retry: Callable[[Exception], bool],
+    max_retries: int | None = None,
+    on_retry: Callable[[Exception, float], object] | None = None,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     clock: Callable[[], float] = time.monotonic,
 ) -> T:
     """Await ``call()``, retrying errors for which ``should_retry`` is true, with backoff,
-    until ``deadline_s`` passes (None: for as long as it takes, until cancelled); then the last
-    error is re-raised. Each try is itself bounded by the time left, so a hung call cannot
-    outlive the deadline.
+    until ``deadline_s`` passes (None: for as long as it takes, until cancelled) or
+    ``max_retries`` retries failed too; then the last error is re-raised. Each try is itself
+    bounded by the time left, so a hung call cannot outlive the deadline. ``on_retry(error,
+    wait_s)`` is called before each wait (to log it).
     """
     end = math.inf if deadline_s is None else clock() + deadline_s
     failures = 0
@@ -82,6 +85,8 @@ async def retry_call(
             last = exc
             failures += 1
             wait = policy.delay_s(failures)
-            if clock() + wait >= end:
+            if clock() + wait >= end or (max_retries is not None and failures > max_retries):
                 raise
+            if on_retry is not None:
+                on_retry(exc, wait)
             await sleep(wait)

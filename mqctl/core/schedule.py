@@ -21,14 +21,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from mqctl.core.errors import ConfigError, MQError
 from mqctl.core.message import Message
 
 if TYPE_CHECKING:
-    from mqctl.core.broker import Broker
+    from mqctl.core.subscription import Subscription
+
+Publish = Callable[..., Awaitable[object]]
+"""``Broker.publish``: ``publish(topic, message, key=..., idempotency_key=...)``."""
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +90,10 @@ def _restored(message: Message) -> tuple[Message, str | None, float]:
     return Message(message.type, message.content, kept), headers.get(KEY_HEADER), due_s
 
 
-async def promote(broker: Broker, topic: str, *, poll_interval_s: float = 1.0) -> None:
-    """Move ``topic``'s due messages from its schedule onto it, until the broker closes."""
-    sub = broker.subscribe(
-        schedule_topic(topic),
-        group=GROUP,
-        ack_timeout=HOP_S,
-        max_attempts=ATTEMPTS,
-        poll_interval=poll_interval_s,
-        from_start=True,
-    )
+async def promote(sub: Subscription, publish: Publish, topic: str) -> None:
+    """Move ``topic``'s due messages from its schedule onto it with ``publish``, until ``sub``
+    closes. ``sub`` reads the schedule as the group ``GROUP`` on ``schedule_topic(topic)``, with
+    ``ack_timeout=HOP_S`` and ``max_attempts=ATTEMPTS``, from the start."""
     async with sub:
         async for delivery in sub:
             message, key, due_s = _restored(delivery.message)
@@ -105,7 +102,7 @@ async def promote(broker: Broker, topic: str, *, poll_interval_s: float = 1.0) -
                 await delivery.nack(wait_s, reason="not due yet")
                 continue
             try:
-                await broker.publish(topic, message, key=key, idempotency_key=f"mqctl-delayed-{delivery.id}")
+                await publish(topic, message, key=key, idempotency_key=f"mqctl-delayed-{delivery.id}")
             except MQError as exc:
                 log.warning("Could not publish a due message of %r (%s); trying again in %g s", topic, exc, RETRY_S)
                 await delivery.nack(RETRY_S, reason=f"promotion failed: {exc}")

@@ -44,7 +44,7 @@ def available() -> bool:
 
 
 def _tracer() -> Tracer:
-    from mqctl import __version__
+    from mqctl.version import __version__
 
     return trace.get_tracer("mqctl", __version__)
 

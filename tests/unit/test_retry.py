@@ -175,6 +175,31 @@ async def test_retry_call_gives_up_at_the_deadline_with_the_last_error() -> None
     assert call.calls == 4
 
 
+async def test_retry_call_gives_up_after_max_retries_and_reports_each_wait() -> None:
+    """With max_retries=2 and no deadline, the third failure is raised; on_retry saw each wait."""
+    fake = FakeTime()
+    errors = [BrokerUnavailable(f"down {i}") for i in range(4)]
+    call = Flaky(*errors)
+    seen: list[tuple[str, float]] = []
+
+    with pytest.raises(BrokerUnavailable) as caught:
+        await retry_call(
+            call,
+            policy=STEADY,
+            deadline_s=None,
+            should_retry=transient,
+            max_retries=2,
+            on_retry=lambda exc, wait_s: seen.append((str(exc), wait_s)),
+            sleep=fake.sleep,
+            clock=fake.clock,
+        )
+
+    assert caught.value is errors[2]
+    assert call.calls == 3
+    assert seen == [("down 0", 0.1), ("down 1", 0.2)]
+    assert fake.sleeps == [0.1, 0.2]
+
+
 async def test_retry_call_does_not_retry_when_should_retry_is_false() -> None:
     """An error should_retry refuses is raised at once, without sleeping."""
     fake = FakeTime()
