@@ -1,5 +1,12 @@
-"""The HTTP services: ``ingest`` (Service A, REST publishing) and ``delivery`` (Service B).
+"""The HTTP services, each in its own package, and what they share beside them.
 
-Each module has a ``create_app(settings)`` factory; nothing connects until the app's
-lifespan starts, so uvicorn runs them with ``factory=True``.
+    ingest/          Service A: REST publishing (``create_app``)
+    delivery/        Service B: WebSocket delivery (``create_app``)
+    startup.py       settings -> broker (``broker_for``) and the one check at start
+    observability.py Prometheus metrics both expose and the request id of each request
+    serving.py       uvicorn, one or more apps in one process
+
+Imports flow one way: ``ingest`` and ``delivery`` use the shared modules, never each other.
+Each ``create_app(settings)`` is a factory; nothing connects until the app's lifespan
+starts, so uvicorn runs them with ``factory=True``.
 """

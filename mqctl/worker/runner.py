@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from mqctl.core import tracing
 from mqctl.core.broker import Broker
 from mqctl.core.errors import MQError
-from mqctl.core.retry import RetryPolicy
+from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Delivery, Subscription
 from mqctl.worker.handler import Handler, InvalidContent, Reject, Retry
 
@@ -127,22 +127,22 @@ class HandlerRunner:
     # -- one worker -------------------------------------------------------------------
 
     async def _work(self) -> None:
-        sub = self._subscription
-        failures = 0
+        topic = self._subscription.topic
+
+        def retrying(exc: Exception, wait_s: float) -> None:
+            log.warning("Handler %s cannot read %r: %s; trying again in %.1f s", self.handler.name, topic, exc, wait_s)
+
         while not self._stopping:
-            try:
-                delivery = await self._next()
-            except StopAsyncIteration:
-                return
-            except MQError as exc:  # the broker went away: keep trying, as a service would
-                failures += 1
-                wait_s = READ_RETRY.delay_s(failures)
-                log.warning(
-                    "Handler %s cannot read %r: %s; trying again in %.1f s", self.handler.name, sub.topic, exc, wait_s
+            try:  # the broker went away: keep trying, as a service would
+                delivery = await retry_call(
+                    self._next,
+                    policy=READ_RETRY,
+                    deadline_s=None,
+                    should_retry=lambda exc: isinstance(exc, MQError) and not self._stopping,
+                    on_retry=retrying,
                 )
-                await asyncio.sleep(wait_s)
-                continue
-            failures = 0
+            except (StopAsyncIteration, MQError):  # the subscription ended, or stopping
+                return
             await self._handle(delivery)
 
     async def _next(self) -> Delivery:

@@ -189,6 +189,6 @@ def test_dockerignore_keeps_tests_caches_and_git_out() -> None:
     needed = ["pyproject.toml", "README.md"] + [
         str(p.relative_to(ROOT)) for p in (ROOT / "mqctl").rglob("*") if p.is_file() and "__pycache__" not in p.parts
     ]
-    assert "mqctl/services/viewer.html" in needed
+    assert "mqctl/services/delivery/viewer.html" in needed
     for path in needed:
         assert not excluded(path), f"{path} is needed by the build but excluded"

@@ -10,9 +10,9 @@ import pytest
 import redis
 
 import mqctl
-from mqctl.services import connection as connection_module
-from mqctl.services import pumps as pumps_module
+from mqctl.services.delivery import connection as connection_module
 from mqctl.services.delivery import create_app
+from mqctl.services.delivery import pumps as pumps_module
 from tests.unit.services.test_delivery import Service, TestClient, make_settings
 
 

@@ -12,8 +12,8 @@ import pytest
 
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
-from mqctl.services.connection import Connection, ack_all, message_frame
-from mqctl.services.metrics import ConnectionCounters, DeliveryMetrics
+from mqctl.services.delivery.connection import Connection, ack_all, message_frame
+from mqctl.services.delivery.metrics import ConnectionCounters, DeliveryMetrics
 
 
 @dataclass

@@ -712,7 +712,7 @@ async def test_pump_keeps_retrying_while_the_broker_is_down_and_resumes(caplog: 
         AsgiSocket(app) as ws,
     ):
         await ws.frame()
-        with caplog.at_level(logging.WARNING, logger="mqctl.services.pumps"):
+        with caplog.at_level(logging.WARNING, logger="mqctl.services.delivery.pumps"):
             backend.down = True
             with pytest.raises(TimeoutError):
                 await ws.message(timeout_s=0.8)  # nothing: no frame, no close

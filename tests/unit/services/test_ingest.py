@@ -21,8 +21,8 @@ import mqctl
 from mqctl.backends.keyspace import Keyspace
 from mqctl.config import Settings
 from mqctl.core.message import decode
-from mqctl.services.bodies import BatchRequest, PublishRequest
 from mqctl.services.ingest import create_app
+from mqctl.services.ingest.bodies import BatchRequest, PublishRequest
 from mqctl.services.startup import broker_for
 
 TOPIC = "orders"

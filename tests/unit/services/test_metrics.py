@@ -21,8 +21,10 @@ with warnings.catch_warnings():
 
 import mqctl
 from mqctl.config import Settings
-from mqctl.services import delivery, ingest
-from mqctl.services.metrics import BrokerGauges, DeliveryMetrics
+from mqctl.services.delivery import app as delivery
+from mqctl.services.delivery.metrics import DeliveryMetrics
+from mqctl.services.ingest import app as ingest
+from mqctl.services.observability import BrokerGauges
 from mqctl.services.startup import broker_for
 from tests.scrape import has, sample
 

@@ -4,7 +4,7 @@
     GET  /health   the process is alive   -> 200 {"status": "ok"}
     GET  /ready    the broker answers and every group served still exists
                    -> 200 {"status": "ready"} or 503 {"status": "unavailable", "detail"}
-    GET  /metrics  Prometheus metrics (see ``mqctl.services.metrics``)
+    GET  /metrics  Prometheus metrics (see ``mqctl.services.observability`` and ``metrics.py`` here)
     GET  /         a small live viewer page (broadcast mode; ?topic=...&type=...)
 
 Query parameters of ``/ws``:
@@ -60,7 +60,7 @@ Close codes:
     1009  a frame over 64 KiB
     1011  an internal error or the service not started
     1012  uvicorn's own close on shutdown, when the app is served by other means than
-          ``mqctl.services.server.serve`` (which closes them with 1001 first); reconnect
+          ``mqctl.services.serving.serve`` (which closes them with 1001 first); reconnect
     4001  "send buffer full: client too slow; reconnect to resume": the outbox
           (``settings.ws_send_buffer`` frames) stayed full for 5 s (group) or overflowed (broadcast)
 
@@ -96,7 +96,7 @@ from mqctl.core.broker import Broker
 from mqctl.core.errors import ConfigError, MQError
 from mqctl.core.filters import All, Filter, by_header, by_type
 from mqctl.core.names import check_name
-from mqctl.services.connection import (
+from mqctl.services.delivery.connection import (
     INTERNAL_ERROR,
     POLICY_VIOLATION,
     Connection,
@@ -105,8 +105,9 @@ from mqctl.services.connection import (
     close_reason,
     error_frame,
 )
-from mqctl.services.hub import Hub
-from mqctl.services.metrics import DeliveryMetrics, Observe, add_metrics_route
+from mqctl.services.delivery.hub import Hub
+from mqctl.services.delivery.metrics import DeliveryMetrics
+from mqctl.services.observability import Observe, add_metrics_route
 from mqctl.services.startup import broker_for, check_broker
 
 log = logging.getLogger(__name__)
@@ -263,7 +264,7 @@ async def unready_reason(broker: Broker, hub: Hub | None) -> str | None:
 
 
 def _viewer_page() -> str:
-    return resources.files("mqctl.services").joinpath("viewer.html").read_text(encoding="utf-8")
+    return resources.files("mqctl.services.delivery").joinpath("viewer.html").read_text(encoding="utf-8")
 
 
 @dataclass(slots=True)

@@ -26,7 +26,7 @@ from mqctl.core.errors import (
     MQError,
     QueueFull,
 )
-from mqctl.services.metrics import note_error
+from mqctl.services.observability import note_error
 
 MAX_FIELDS = 20  # field errors listed in one response; a bad 1000-message batch stays small
 MAX_DETAIL = 1000

@@ -4,7 +4,7 @@
     POST /messages/batch   1 to 1000, all or none -> 202 {"ids", "status", "count", "topic"}
     GET  /health           the process is alive   -> 200 {"status": "ok"}
     GET  /ready            the broker answers     -> 200 {"status": "ready"} or 503
-    GET  /metrics          Prometheus metrics (see ``mqctl.services.metrics``)
+    GET  /metrics          Prometheus metrics (see ``mqctl.services.observability`` and ``metrics.py`` here)
 
 Every response carries ``X-Request-ID`` (the client's, if it sent a sane one), and so does
 every log line written while the request is handled.
@@ -27,10 +27,10 @@ A 202 means the broker has stored the message. Every error is JSON
     503     broker_refused        the broker answers but refuses (credentials, ACL, protected mode...)
     500     internal_error        anything else; logged with its traceback, never shown
 
-The two POST endpoints are served by plain Starlette routes (``mqctl.services.publishing``);
+The two POST endpoints are served by plain Starlette routes (``mqctl.services.ingest.publishing``);
 FastAPI routes of the same paths describe them in ``/openapi.json`` and ``/docs``. The bodies
-are in ``mqctl.services.bodies``, the errors in ``mqctl.services.problems``, the header and
-body limits in ``mqctl.services.guard``.
+are in ``mqctl.services.ingest.bodies``, the errors in ``mqctl.services.ingest.problems``, the header and
+body limits in ``mqctl.services.ingest.guard``.
 """
 
 from __future__ import annotations
@@ -51,12 +51,11 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from mqctl import __version__
 from mqctl.config import Settings
 from mqctl.core.broker import Broker
 from mqctl.core.errors import MQError
 from mqctl.core.names import check_name
-from mqctl.services.bodies import (
+from mqctl.services.ingest.bodies import (
     EXAMPLE_MESSAGE,
     Accepted,
     BatchAccepted,
@@ -66,9 +65,9 @@ from mqctl.services.bodies import (
     PublishRequest,
     Ready,
 )
-from mqctl.services.guard import MAX_HEADER_BYTES, MAX_HEADERS, Guard
-from mqctl.services.metrics import IngestMetrics, Observe, add_metrics_route
-from mqctl.services.problems import (
+from mqctl.services.ingest.guard import MAX_HEADER_BYTES, MAX_HEADERS, Guard
+from mqctl.services.ingest.metrics import IngestMetrics
+from mqctl.services.ingest.problems import (
     MAX_DETAIL,
     ErrorResponse,
     Problem,
@@ -77,7 +76,7 @@ from mqctl.services.problems import (
     shorten,
     validation_problem,
 )
-from mqctl.services.publishing import (
+from mqctl.services.ingest.publishing import (
     JSON_TYPE,
     PublishHandler,
     Served,
@@ -85,7 +84,9 @@ from mqctl.services.publishing import (
     broker_of,
     idempotency_key,
 )
+from mqctl.services.observability import Observe, add_metrics_route
 from mqctl.services.startup import broker_for, check_broker
+from mqctl.version import __version__
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.types import Message as ASGIMessage
 
-from mqctl.services.problems import Problem, http_problem, internal_error
+from mqctl.services.ingest.problems import Problem, http_problem, internal_error
 
 MAX_HEADERS = 100
 MAX_HEADER_BYTES = 32 * 1024

@@ -32,7 +32,7 @@ from mqctl.core import tracing
 from mqctl.core.filters import Filter
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
-from mqctl.services.metrics import ConnectionCounters
+from mqctl.services.delivery.metrics import ConnectionCounters
 
 log = logging.getLogger(__name__)
 

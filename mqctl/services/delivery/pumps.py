@@ -29,9 +29,9 @@ from mqctl.config import Settings
 from mqctl.core.broker import Broker
 from mqctl.core.errors import BrokerUnavailable, InvalidMessage, SubscriptionClosed
 from mqctl.core.message import Message, decode
-from mqctl.core.retry import RetryPolicy
+from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Broadcast, Delivery
-from mqctl.services.connection import (
+from mqctl.services.delivery.connection import (
     TOO_SLOW,
     TOO_SLOW_REASON,
     Connection,
@@ -39,7 +39,7 @@ from mqctl.services.connection import (
     message_frame,
     settle,
 )
-from mqctl.services.metrics import DeliveryMetrics
+from mqctl.services.delivery.metrics import DeliveryMetrics
 
 log = logging.getLogger(__name__)
 
@@ -65,13 +65,16 @@ async def wait_for(event: asyncio.Event, timeout_s: float) -> bool:
     return event.is_set()
 
 
-def _backoff(failures: int, what: str, exc: Exception) -> float:
-    delay = RETRY.delay_s(failures)
-    if isinstance(exc, BrokerUnavailable):
-        log.warning("%s: the broker is unavailable (%s); retrying in %.1f s", what, exc, delay)
-    else:
-        log.exception("%s failed; retrying in %.1f s", what, delay, exc_info=exc)
-    return delay
+def _retrying(what: str) -> Callable[[Exception, float], None]:
+    """An ``on_retry`` that logs why ``what`` failed and when it tries again."""
+
+    def log_it(exc: Exception, delay: float) -> None:
+        if isinstance(exc, BrokerUnavailable):
+            log.warning("%s: the broker is unavailable (%s); retrying in %.1f s", what, exc, delay)
+        else:
+            log.exception("%s failed; retrying in %.1f s", what, delay, exc_info=exc)
+
+    return log_it
 
 
 class _Pump:
@@ -87,6 +90,8 @@ class _Pump:
         self.connections: list[Connection] = []
         """Connections that take messages."""
         self.opened = asyncio.Event()
+        self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+        """How the pump waits before it tries again (tests replace it)."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -101,16 +106,15 @@ class _Pump:
             self.connections.remove(connection)
 
     async def _run(self) -> None:
-        failures = 0
-        while True:
-            try:
-                await self._pump()
-                return
-            except SubscriptionClosed:
-                return  # closed between two reads: the pump is closing
-            except Exception as exc:
-                failures += 1
-                await asyncio.sleep(_backoff(failures, f"The reader of {self}", exc))
+        with contextlib.suppress(SubscriptionClosed):  # closed between two reads: the pump is closing
+            await retry_call(
+                self._pump,
+                policy=RETRY,
+                deadline_s=None,
+                should_retry=lambda exc: not isinstance(exc, SubscriptionClosed),
+                on_retry=_retrying(f"The reader of {self}"),
+                sleep=self.sleep,
+            )
 
     async def _pump(self) -> None:
         raise NotImplementedError
@@ -316,15 +320,14 @@ class BroadcastPump(_Pump):
         connection.held = None
 
     async def _patiently(self, call: Callable[[], Awaitable[T]], connection: Connection) -> T:
-        failures = 0
-        while True:
-            try:
-                return await call()
-            except BrokerUnavailable as exc:
-                if connection.closing:
-                    raise
-                failures += 1
-                await asyncio.sleep(_backoff(failures, f"A catch-up of {self}", exc))
+        return await retry_call(
+            call,
+            policy=RETRY,
+            deadline_s=None,
+            should_retry=lambda exc: isinstance(exc, BrokerUnavailable) and not connection.closing,
+            on_retry=_retrying(f"A catch-up of {self}"),
+            sleep=self.sleep,
+        )
 
     async def _close_reader(self) -> None:
         if self._reader is not None:

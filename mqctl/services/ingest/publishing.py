@@ -38,9 +38,9 @@ from mqctl.core import tracing
 from mqctl.core.broker import Broker
 from mqctl.core.errors import MQError, QueueFull
 from mqctl.core.message import Message
-from mqctl.services.bodies import BatchRequest, PublishRequest
-from mqctl.services.metrics import IngestMetrics
-from mqctl.services.problems import (
+from mqctl.services.ingest.bodies import BatchRequest, PublishRequest
+from mqctl.services.ingest.metrics import IngestMetrics
+from mqctl.services.ingest.problems import (
     MAX_NAME,
     FieldError,
     Problem,

@@ -1,7 +1,8 @@
-"""Prometheus metrics of Service A and Service B, served at ``GET /metrics``.
+"""What both services observe: Prometheus metrics at ``GET /metrics`` and a request id per request.
 
 Each app has a ``CollectorRegistry`` of its own (never the global one), so any number of
-apps can live in one process.
+apps can live in one process. Each service adds its own metrics to the ones here
+(``ingest/metrics.py``, ``delivery/metrics.py``).
 
 Both services:
     mqctl_http_request_duration_seconds     histogram  method, route, status  HTTP requests, by route template
@@ -12,25 +13,6 @@ Both services:
     mqctl_group_pending                     gauge      topic, group           delivered, not yet acknowledged
     mqctl_group_oldest_pending_age_seconds  gauge      topic, group           oldest pending message's age (0: none)
     mqctl_group_consumers                   gauge      topic, group           consumers the broker knows in the group
-
-Service A:
-    mqctl_messages_published_total          counter    topic                  messages accepted (answered 202)
-    mqctl_publish_rejected_total            counter    reason                 publish requests refused (a batch: once)
-
-Service B:
-    mqctl_messages_delivered_total          counter    topic, mode            message frames written to clients
-    mqctl_messages_acknowledged_total       counter    topic, group           acks taken (client frames or auto_ack)
-    mqctl_messages_nacked_total             counter    topic, group           nacks taken
-    mqctl_messages_redelivered_total        counter    topic, group           deliveries written with attempt > 1
-    mqctl_messages_dead_lettered_total      counter    topic, group           moved to the dead letters here
-    mqctl_websocket_connections             gauge      mode                   connected WebSocket clients
-    mqctl_websocket_outbox_frames_max       gauge      mode                   frames waiting in the fullest outbox
-    mqctl_websocket_outbox_capacity_frames  gauge                             frames an outbox holds (ws_send_buffer)
-    mqctl_poll_cycle_seconds                histogram  mode                   one read from the broker (see below)
-
-Reasons of ``mqctl_publish_rejected_total``: invalid, too_large, capacity, broker_down,
-unauthorized, internal_error. A poll cycle blocks up to the poll interval and returns
-early when a message lands. Modes: group, broadcast.
 
 The broker gauges cover the topics this instance serves (its default topic and each one
 it published to or delivered from, up to ``MAX_TOPICS``). They are read from the broker at
@@ -47,9 +29,9 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.responses import Response
@@ -64,7 +46,6 @@ if TYPE_CHECKING:
     from fastapi import FastAPI
 
     from mqctl.core.broker import Broker
-    from mqctl.services.hub import Hub
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +55,6 @@ BROKER_STATS_TIMEOUT_S = 2.0
 MAX_TOPICS = 100
 """Topics whose broker gauges one instance reports; more are left out (and logged once)."""
 
-REJECTION_REASONS: dict[str, str] = {
-    "invalid_request": "invalid",
-    "invalid_message": "invalid",
-    "request_too_large": "too_large",
-    "message_too_large": "too_large",
-    "queue_full": "capacity",
-    "broker_unavailable": "broker_down",
-    "broker_out_of_memory": "broker_down",
-    "broker_refused": "broker_down",
-    "unauthorized": "unauthorized",
-    "internal_error": "internal_error",
-}
-"""Service A's error codes, as the reasons of ``mqctl_publish_rejected_total``."""
-
-_POLL_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0)
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
@@ -215,185 +181,6 @@ class Metrics:
     def observe_request(self, scope: Scope, route: str, status: int, seconds: float, error: str | None) -> None:
         """Called by ``Observe`` once per HTTP request; ``error`` is the error code answered, if any."""
         self.http_seconds.labels(scope.get("method", ""), route, str(status)).observe(seconds)
-
-
-class IngestMetrics(Metrics):
-    """Service A's metrics."""
-
-    PUBLISH_PATHS = frozenset({"/messages", "/messages/batch"})
-
-    def __init__(self, *, default_topic: str | None = None) -> None:
-        super().__init__(default_topic=default_topic)
-        self.published = Counter(
-            "mqctl_messages_published", "Messages accepted (202) by this service.", ["topic"], registry=self.registry
-        )
-        self.rejected = Counter(
-            "mqctl_publish_rejected",
-            "Publish requests refused, by reason (a refused batch counts once).",
-            ["reason"],
-            registry=self.registry,
-        )
-        for reason in dict.fromkeys(REJECTION_REASONS.values()):
-            self.rejected.labels(reason)  # present at 0 from the start
-
-    def route_of(self, scope: Scope) -> str:
-        path = scope.get("path")
-        return path if path in self.PUBLISH_PATHS and "route" not in scope else super().route_of(scope)
-
-    def published_to(self, topic: str, count: int) -> None:
-        self.published.labels(topic).inc(count)
-        self.broker_gauges.serve(topic)
-
-    def observe_request(self, scope: Scope, route: str, status: int, seconds: float, error: str | None) -> None:
-        super().observe_request(scope, route, status, seconds, error)
-        if error is not None and scope.get("method") == "POST" and scope.get("path") in self.PUBLISH_PATHS:
-            self.rejected.labels(REJECTION_REASONS.get(error, "other")).inc()
-
-
-class ConnectionCounters:
-    """What the WebSocket connections of one (topic, mode, group) count, in plain ints.
-
-    Every connection with those labels shares one instance. ``DeliveryMetrics.fold`` moves
-    the counts into the Prometheus counters at each scrape: a ``Counter.inc`` takes a lock,
-    too dear once per frame on the delivery path.
-    """
-
-    __slots__ = ("_counters", "acknowledged", "delivered", "nacked", "redelivered")
-
-    def __init__(
-        self,
-        delivered: Counter,
-        redelivered: Counter | None = None,
-        acknowledged: Counter | None = None,
-        nacked: Counter | None = None,
-    ) -> None:
-        self.delivered = 0
-        self.redelivered = 0
-        self.acknowledged = 0
-        self.nacked = 0
-        self._counters = (delivered, redelivered, acknowledged, nacked)
-
-    def sent(self, attempt: int) -> None:
-        """A message frame was written to the socket."""
-        self.delivered += 1
-        if attempt > 1:
-            self.redelivered += 1
-
-    def settled(self, verb: Literal["ack", "nack"], count: int = 1) -> None:
-        """The broker took ``count`` acks or nacks."""
-        if verb == "ack":
-            self.acknowledged += count
-        else:
-            self.nacked += count
-
-    def fold(self) -> None:
-        """Add the counts to their Prometheus counters and start again from zero."""
-        delivered, redelivered, acknowledged, nacked = self._counters
-        counts = (self.delivered, self.redelivered, self.acknowledged, self.nacked)
-        self.delivered = self.redelivered = self.acknowledged = self.nacked = 0
-        for counter, count in zip((delivered, redelivered, acknowledged, nacked), counts, strict=True):
-            if counter is not None and count:
-                counter.inc(count)
-
-
-class DeliveryMetrics(Metrics):
-    """Service B's metrics."""
-
-    def __init__(self, *, default_topic: str | None = None) -> None:
-        super().__init__(default_topic=default_topic)
-        r = self.registry
-        self.delivered = Counter(
-            "mqctl_messages_delivered", "Message frames written to WebSocket clients.", ["topic", "mode"], registry=r
-        )
-        self.acknowledged = Counter(
-            "mqctl_messages_acknowledged",
-            "Acks the broker took (client frames or auto_ack).",
-            ["topic", "group"],
-            registry=r,
-        )
-        self.nacked = Counter("mqctl_messages_nacked", "Nacks the broker took.", ["topic", "group"], registry=r)
-        self.redelivered = Counter(
-            "mqctl_messages_redelivered", "Deliveries written with attempt > 1.", ["topic", "group"], registry=r
-        )
-        self.dead_lettered = Counter(
-            "mqctl_messages_dead_lettered",
-            "Messages this instance moved to the dead letters (last nack, ack timeout, undecodable).",
-            ["topic", "group"],
-            registry=r,
-        )
-        self.poll_seconds = Histogram(
-            "mqctl_poll_cycle_seconds",
-            "One read from the broker: it blocks up to poll_interval and returns early when a message lands.",
-            ["mode"],
-            buckets=_POLL_BUCKETS,
-            registry=r,
-        )
-        self.hub: HubGauges | None = None
-        self._tallies: dict[tuple[str, str, str | None], ConnectionCounters] = {}
-
-    def fold(self) -> None:
-        for tally in self._tallies.values():
-            tally.fold()
-
-    def watch_hub(self, hub: Callable[[], Hub | None], capacity: int) -> None:
-        """Report the connections of the hub that ``hub()`` returns (None: not running)."""
-        self.hub = HubGauges(hub, capacity)
-        self.registry.register(self.hub)
-
-    def for_connection(self, topic: str, mode: str, group: str | None) -> ConnectionCounters:
-        """The counts a connection moves, shared by every connection with the same labels
-        (so none is lost when a connection ends before a scrape)."""
-        self.broker_gauges.serve(topic)
-        key = (topic, mode, group)
-        tally = self._tallies.get(key)
-        if tally is None:
-            if group is None:
-                tally = ConnectionCounters(self.delivered.labels(topic, mode))
-            else:
-                tally = ConnectionCounters(
-                    self.delivered.labels(topic, mode),
-                    self.redelivered.labels(topic, group),
-                    self.acknowledged.labels(topic, group),
-                    self.nacked.labels(topic, group),
-                )
-            self._tallies[key] = tally
-        return tally
-
-    def dead_letter_counter(self, topic: str, group: str) -> Callable[[int], None]:
-        """A ``Subscription.on_dead_letter`` callback."""
-        return self.dead_lettered.labels(topic, group).inc
-
-    def poll_observer(self, mode: str) -> Callable[[float], None]:
-        """A reader's ``on_poll`` callback."""
-        return self.poll_seconds.labels(mode).observe
-
-
-class HubGauges(Collector):
-    """Service B's WebSocket clients, counted at each scrape."""
-
-    def __init__(self, hub: Callable[[], Hub | None], capacity: int) -> None:
-        self._hub = hub
-        self.capacity = capacity
-
-    def collect(self) -> Iterator[Metric]:
-        count = {"group": 0, "broadcast": 0}
-        deepest = {"group": 0, "broadcast": 0}
-        hub = self._hub()
-        for connection in hub.clients() if hub is not None else ():
-            count[connection.mode] += 1
-            deepest[connection.mode] = max(deepest[connection.mode], connection.queued)
-        connections = GaugeMetricFamily("mqctl_websocket_connections", "Connected WebSocket clients.", labels=["mode"])
-        outbox = GaugeMetricFamily(
-            "mqctl_websocket_outbox_frames_max", "Frames waiting in the fullest client outbox.", labels=["mode"]
-        )
-        for mode in count:
-            connections.add_metric([mode], count[mode])
-            outbox.add_metric([mode], deepest[mode])
-        yield connections
-        yield outbox
-        yield GaugeMetricFamily(
-            "mqctl_websocket_outbox_capacity_frames", "Frames one client's outbox holds.", value=self.capacity
-        )
 
 
 # -- per request ------------------------------------------------------------------------
