@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from mqctl.core.errors import BrokerUnavailable, ServiceError
-from mqctl.core.retry import RetryPolicy
+from mqctl.core.retry import RetryPolicy, retry_call
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,8 @@ class Listener:
         self.last_id = last_id
         self.token = token
         self.reconnect = reconnect or RetryPolicy(base_s=0.2, cap_s=5.0)
+        self.sleep: Callable[[float], Awaitable[object]] = asyncio.sleep
+        """How the listener waits before it tries to connect again (tests replace it)."""
         self.max_reconnects = max_reconnects
         self.reconnects = 0
         self.events: list[dict[str, Any]] = []
@@ -91,26 +93,31 @@ class Listener:
         return f"{self.base_url}?{urlencode(params, doseq=True)}"
 
     async def _connect(self) -> ClientConnection:
-        failures = 0
-        while True:
-            try:
-                headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
-                return await connect(self._url(), additional_headers=headers, max_size=2**24, open_timeout=5)
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if 400 <= status < 500:
-                    raise ServiceError(
-                        status, "handshake_refused", f"Service B refused the WebSocket: {status}."
-                    ) from exc
-                error: Exception = exc
-            except (OSError, InvalidHandshake, TimeoutError) as exc:
-                error = exc
-            failures += 1
-            if self.max_reconnects is not None and failures > self.max_reconnects:
-                raise BrokerUnavailable(f"Cannot reach Service B at {self.base_url}: {error}.") from error
-            wait = self.reconnect.delay_s(failures)
-            log.warning("Cannot reach Service B at %s (%s); retrying in %.1f s.", self.base_url, error, wait)
-            await asyncio.sleep(wait)
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+
+        async def handshake() -> ClientConnection:
+            return await connect(self._url(), additional_headers=headers, max_size=2**24, open_timeout=5)
+
+        def retrying(exc: Exception, wait_s: float) -> None:
+            log.warning("Cannot reach Service B at %s (%s); retrying in %.1f s.", self.base_url, exc, wait_s)
+
+        try:
+            return await retry_call(
+                handshake,
+                policy=self.reconnect,
+                deadline_s=None,
+                should_retry=_reachable_later,
+                max_retries=self.max_reconnects,
+                on_retry=retrying,
+                sleep=self.sleep,
+            )
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            if 400 <= status < 500:
+                raise ServiceError(status, "handshake_refused", f"Service B refused the WebSocket: {status}.") from exc
+            raise BrokerUnavailable(f"Cannot reach Service B at {self.base_url}: {exc}.") from exc
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            raise BrokerUnavailable(f"Cannot reach Service B at {self.base_url}: {exc}.") from exc
 
     async def __aenter__(self) -> Listener:
         self._ws = await self._connect()
@@ -169,3 +176,10 @@ class Listener:
         if self._ws is not None:
             await self._ws.close()
             self._ws = None
+
+
+def _reachable_later(exc: Exception) -> bool:
+    """Whether a failed handshake may work if tried again: not a 4xx (a refusal)."""
+    if isinstance(exc, InvalidStatus):
+        return not 400 <= exc.response.status_code < 500
+    return isinstance(exc, (OSError, InvalidHandshake, TimeoutError))

@@ -8,7 +8,7 @@
     await app.run()                        # until app.stop(), or cancelled
     async with app.test() as t: ...        # the handlers in-process on memory://, for tests
 
-``mqctl worker MODULE:app`` runs an app as a process (``mqctl.cli_worker``). Creating an
+``mqctl worker MODULE:app`` runs an app as a process (``mqctl.cli.worker``). Creating an
 app connects to nothing; ``run`` opens the broker and closes it when it ends.
 """
 

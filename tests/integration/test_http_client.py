@@ -1,4 +1,4 @@
-"""mqctl.clients.http against a tiny scripted server on loopback: keep-alive, framing, failures."""
+"""mqctl.loadtest.http against a tiny scripted server on loopback: keep-alive, framing, failures."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mqctl.clients.http import HttpConnection, Origin
 from mqctl.core.errors import ConfigError
+from mqctl.loadtest.http import HttpConnection, Origin
 from tests.servers import free_port
 
 pytestmark = pytest.mark.timeout(20)

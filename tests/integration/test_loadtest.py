@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from mqctl.clients.http import HttpConnection, Origin
 from mqctl.loadtest import LoadSpec, run
+from mqctl.loadtest.http import HttpConnection, Origin
 from tests.integration.conftest import Service
 from tests.servers import RedisServer
 

@@ -21,6 +21,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from mqctl.cli.options import BrokerOpt
 from mqctl.console import err, run
 from mqctl.core.errors import ConfigError
 
@@ -61,15 +62,7 @@ def worker(
         list[str] | None,
         typer.Option("--handler", help="Run only this handler (by name; repeat for more). Default: all of them."),
     ] = None,
-    broker: Annotated[
-        str | None,
-        typer.Option(
-            "--broker",
-            envvar="MQCTL_BROKER_URL",
-            help="Broker URL (memory://, redis://, rediss://, redis+cluster://, nats://); overrides the app's own.",
-            show_default="the app's, else redis://127.0.0.1:6379/0",
-        ),
-    ] = None,
+    broker: BrokerOpt = None,
     graceful_timeout: Annotated[
         float,
         typer.Option(
@@ -115,7 +108,10 @@ def worker(
         typer.Option("--log-format", envvar="MQCTL_LOG_FORMAT", help="text (for people) or json (one object a line)."),
     ] = "text",
 ) -> None:
-    """Run the handlers of an mqctl.App until SIGTERM/SIGINT, then drain and exit 0."""
+    """Run the handlers of an mqctl.App until SIGTERM/SIGINT, then drain and exit 0.
+
+    --broker (or MQCTL_BROKER_URL) replaces the URL the app was given; without either, the app's own.
+    """
     from mqctl.logs import LOG_FORMATS, setup_logging
 
     if log_format not in LOG_FORMATS:
