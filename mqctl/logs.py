@@ -5,8 +5,8 @@ HTTP request it was logged in (the ``request_id`` context variable, set by the s
 middleware, which also echoes it as ``X-Request-ID``) and of the message it is about
 (``log.warning(..., extra={"message_id": id})``), where there is one.
 
-    text:  12:00:01 WARNING mqctl.services.ingest: Publish failed ... [request_id=4f1c...]
-    json:  {"time": "2024-06-10T12:00:01.123+00:00", "level": "WARNING", "logger": "mqctl.services.ingest",
+    text:  12:00:01 WARNING mqctl.services.ingest.app: Publish failed ... [request_id=4f1c...]
+    json:  {"time": "2024-06-10T12:00:01.123+00:00", "level": "WARNING", "logger": "mqctl.services.ingest.app",
             "message": "Publish failed ...", "request_id": "4f1c..."}
 """
 

@@ -22,15 +22,41 @@ from mqctl.console import err, run
 from mqctl.core.errors import MQError
 
 if TYPE_CHECKING:
-    pass
+    import socket
+
+    from mqctl.config import Settings
 
 
-def _serve_one(create_app: Any, settings: Any, host: str, port: int) -> None:
+def _serve_one(create_app: Any, settings: Settings, host: str, port: int, sock: socket.socket | None = None) -> None:
     """Run one service until SIGINT/SIGTERM, its logs set up and its secrets masked."""
     from mqctl.services.serving import Endpoint, serve
 
     setup_logging(settings)
-    run(serve([Endpoint(create_app(settings), host, port)], log_level=settings.log_level, secrets=[settings.token]))
+    endpoint = Endpoint(create_app(settings), host, port, sock=sock)
+    run(serve([endpoint], log_level=settings.log_level, secrets=[settings.token]))
+
+
+def _serve_ingest(settings: Settings, host: str, port: int, sock: socket.socket) -> None:
+    """One of ``serve-a --workers``'s processes (module-level: spawned processes unpickle it)."""
+    from mqctl.services.ingest import create_app
+
+    _serve_one(create_app, settings, host, port, sock)
+
+
+def _serve_ingest_workers(settings: Settings, host: str, port: int, workers: int) -> None:
+    import functools
+
+    from mqctl.services.supervisor import bind, supervise
+
+    setup_logging(settings)
+    try:
+        sock = bind(host, port)
+    except OSError as exc:
+        err.print(f"[red]error:[/red] cannot listen on {host}:{port}: {exc.strerror or exc}.")
+        raise typer.Exit(1) from None
+    err.print(f"Service A on http://{host}:{port} in {workers} processes; Ctrl+C stops them all.")
+    code = supervise(functools.partial(_serve_ingest, settings, host, port), sock, workers)
+    raise typer.Exit(code)
 
 
 def serve_a(
@@ -49,6 +75,17 @@ def serve_a(
             show_default="0, env MQCTL_REPLICAS",
         ),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            min=1,
+            max=64,
+            envvar="MQCTL_WORKERS",
+            help="Processes serving the port (one core each). Above 1, a supervisor runs them and replaces "
+            "one that dies.",
+        ),
+    ] = 1,
     log_level: LogLevelOpt = None,
     log_format: LogFormatOpt = None,
 ) -> None:
@@ -63,6 +100,8 @@ def serve_a(
         log_level=log_level,
         log_format=log_format,
     )
+    if workers > 1:
+        _serve_ingest_workers(settings, host, port, workers)
     _serve_one(create_app, settings, host, port)
 
 

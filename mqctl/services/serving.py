@@ -16,6 +16,7 @@ import contextvars
 import logging
 import re
 import signal
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -66,6 +67,8 @@ class Endpoint:
     host: str
     port: int
     name: str = ""
+    sock: socket.socket | None = None
+    """A socket already listening on host:port (``supervisor.bind``) to accept on instead."""
 
 
 async def serve(
@@ -144,7 +147,8 @@ async def serve(
         for server, endpoint in zip(servers, endpoints, strict=True):
             context = contextvars.copy_context()  # each server's lines carry its endpoint's name
             context.run(_serving.set, endpoint.name or f"{endpoint.host}:{endpoint.port}")
-            tasks.append(asyncio.create_task(server.serve(), context=context))
+            sockets = [endpoint.sock] if endpoint.sock is not None else None
+            tasks.append(asyncio.create_task(server.serve(sockets=sockets), context=context))
         if started is not None:
             while not all(s.started for s in servers) and not any(t.done() for t in tasks):
                 await asyncio.sleep(0.05)
