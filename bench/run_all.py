@@ -1,15 +1,16 @@
-"""Every issue #4 target from one run: the four service benchmarks back to back, one summary.
+"""Every benchmark target from one run: the benchmarks back to back, one table for BENCHMARKS.md.
 
-Runs bench_ingest, bench_e2e, bench_delivery and bench_faststream one after the other (each
-with ``--json``, each starting its own private Redis and servers), keeps every report in one
-JSON file, and prints the targets as a Markdown table for BENCHMARKS.md. Each figure is still
-a ratio (or a latency) measured within its own script's run; running them together only
+Runs bench_library, bench_nats, bench_worker, bench_ingest, bench_e2e, bench_delivery,
+bench_faststream and bench_rates one after the other (each with ``--json``, each starting its
+own private Redis, NATS and servers), keeps every report in one JSON file, and prints every
+target as one Markdown table (target, figure, met, the script). Each figure is still a ratio
+(or a latency, or a rate) measured within its own script's run; running them together only
 means they come from the same code, the same hour and the same machine load.
 
     python3 bench/run_all.py [--rounds 3] [--out bench/results/all.json] [--skip faststream]
 
 Needs wrk (``apt-get install wrk``) and FastStream (``pip install 'faststream[redis]'``), as
-the scripts it runs do. About 10 minutes with the default rounds.
+the scripts it runs do. About 30 minutes with the default rounds.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 SCRIPTS = {
+    "library": "bench_library.py",
+    "nats": "bench_nats.py",
+    "worker": "bench_worker.py",
     "ingest": "bench_ingest.py",
     "e2e": "bench_e2e.py",
     "delivery": "bench_delivery.py",
     "faststream": "bench_faststream.py",
+    "rates": "bench_rates.py",
 }
+TAKES_ROUNDS = set(SCRIPTS) - {"rates"}
 
 
 def run_script(name: str, extra: list[str], log: Any) -> dict[str, Any]:
@@ -44,9 +50,33 @@ def run_script(name: str, extra: list[str], log: Any) -> dict[str, Any]:
     return report
 
 
-def rows(reports: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
-    """(target, measured, met) for every target in the reports."""
+def rows(reports: dict[str, dict[str, Any]]) -> list[tuple[str, str, str, str]]:
+    """(target, measured, met, script) for every target in the reports."""
+    return [(*row, SCRIPTS[name]) for name in SCRIPTS if name in reports for row in _rows(name, reports[name])]
+
+
+def _ratios(ours: list[float], raw: list[float]) -> str:
+    return ", ".join(f"{o / r:.2f}" for o, r in zip(ours, raw, strict=False) if r)
+
+
+def _rows(name: str, report: dict[str, Any]) -> list[tuple[str, str, str]]:
     out: list[tuple[str, str, str]] = []
+    if name == "library":
+        for s in report["scenarios"]:
+            per_round = _ratios(s["ours_per_round"], s["raw_per_round"])
+            what = f"library {s['name']} >= {s['target']:g}x raw redis-py"
+            out.append((what, f"{s['ratio']:.2f}x ({per_round})", _met(s["met"])))
+    if name == "nats":
+        for s in report["scenarios"]:
+            what = f"nats:// {s['name']} >= {s['target']:g}x raw nats-py"
+            out.append((what, f"{s['ratio']:.2f}x ({_ratios(s['ours'], s['raw'])})", _met(s["met"])))
+    if name == "worker":
+        for c in report["comparisons"]:
+            what = f"handler runtime >= {c['target']:g}x {c['baseline']}"
+            out.append((what, f"{c['ratio']:.2f}x", _met(c["met"])))
+    if name == "rates":
+        out += [(t["what"], t["value"], _met(t["met"])) for t in report["targets"]]
+    reports = {name: report}
     if "ingest" in reports:
         for t in reports["ingest"]["targets"]:
             per_round = ", ".join(f"{x:.2f}" for x in t["per_round"])
@@ -65,10 +95,10 @@ def rows(reports: dict[str, dict[str, Any]]) -> list[tuple[str, str, str]]:
                         _met(t["met"]),
                     )
                 )
-    for name, peer in (("delivery", "bare Starlette"), ("faststream", "FastStream")):
-        for s in reports.get(name, {}).get("scenarios", []):
+    for script, peer in (("delivery", "bare Starlette"), ("faststream", "FastStream")):
+        for s in reports.get(script, {}).get("scenarios", []):
             per_round = ", ".join(f"{x:.2f}" for x in s["per_round"])
-            what = f"{name} {s['name']} >= {s['target']:g}x {peer}"
+            what = f"{script} {s['name']} >= {s['target']:g}x {peer}"
             out.append((what, f"{s['ratio']:.2f}x ({per_round})", _met(s["met"])))
     return out
 
@@ -78,8 +108,8 @@ def _met(met: bool) -> str:
 
 
 def markdown(reports: dict[str, dict[str, Any]]) -> str:
-    lines = ["| target | measured (ratio of medians; per round) | met |", "|---|---|:-:|"]
-    lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(reports)]
+    lines = ["| target | measured (ratio of medians; per round) | met | script |", "|---|---|:-:|---|"]
+    lines += [f"| {a} | {b} | {c} | `bench/{d}` |" for a, b, c, d in rows(reports)]
     return "\n".join(lines)
 
 
@@ -97,7 +127,7 @@ def main() -> int:
     started = time.perf_counter()
     for name in SCRIPTS:
         if name not in args.skip:
-            reports[name] = run_script(name, ["--rounds", str(args.rounds)], log)
+            reports[name] = run_script(name, ["--rounds", str(args.rounds)] if name in TAKES_ROUNDS else [], log)
     everything = {
         "command": " ".join(["python3", *sys.argv]),
         "load_average_at_end": os.getloadavg(),

@@ -56,10 +56,10 @@ class Report:
     accepted_per_s: float
     latency_ms: dict[str, float]
     ceiling_rps: float | None = None
-    listener_reconnects: int = 0
-    """Times a listener lost Service B (restarted, killed) and connected again."""
     """The load generator's own request rate against a bare endpoint (GET /health), with the
     same workers on the same connections."""
+    listener_reconnects: int = 0
+    """Times a listener lost Service B (restarted, killed) and connected again."""
     lost_ids: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
