@@ -72,12 +72,15 @@ async def retry_call(
     failures = 0
     last: Exception | None = None
     while True:
-        bound = asyncio.timeout(None if deadline_s is None else max(end - clock(), 0.001))
+        # No deadline, no timeout scope: the worker and the pumps call this once per read.
+        bound = None if deadline_s is None else asyncio.timeout(max(end - clock(), 0.001))
         try:
+            if bound is None:
+                return await call()
             async with bound:
                 return await call()
         except Exception as exc:
-            if bound.expired():
+            if bound is not None and bound.expired():
                 said = f"; its last answer: {last}" if last is not None else "; it may be overloaded or unreachable."
                 raise PublishTimeout(f"The broker did not answer within {deadline_s:g} s{said}") from exc
             if not should_retry(exc):
