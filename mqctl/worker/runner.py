@@ -133,31 +133,34 @@ class HandlerRunner:
             log.warning("Handler %s cannot read %r: %s; trying again in %.1f s", self.handler.name, topic, exc, wait_s)
 
         while not self._stopping:
-            try:  # the broker went away: keep trying, as a service would
-                delivery = await retry_call(
-                    self._next,
-                    policy=READ_RETRY,
-                    deadline_s=None,
-                    should_retry=lambda exc: isinstance(exc, MQError) and not self._stopping,
-                    on_retry=retrying,
-                )
-            except (StopAsyncIteration, MQError):  # the subscription ended, or stopping
+            try:
+                delivery = await self._next()
+            except StopAsyncIteration:  # the subscription ended
                 return
+            except MQError:  # the broker went away: keep trying, as a service would
+                try:
+                    delivery = await retry_call(
+                        self._next,
+                        policy=READ_RETRY,
+                        deadline_s=None,
+                        should_retry=lambda exc: isinstance(exc, MQError) and not self._stopping,
+                        on_retry=retrying,
+                    )
+                except (StopAsyncIteration, MQError):  # the subscription ended, or stopping
+                    return
             await self._handle(delivery)
 
     async def _next(self) -> Delivery:
         while self._reading:
-            self._waiting += 1
-            try:
-                await self._read_over.wait()
-            finally:
-                self._waiting -= 1
+            self._waiting += 1  # reset when the read ends and wakes them all
+            await self._read_over.wait()
         self._reading = True
         try:
             return await self._subscription.__anext__()
         finally:
             self._reading = False
-            if self._waiting:
+            if self._waiting:  # wake the workers waiting for this read, once
+                self._waiting = 0
                 over, self._read_over = self._read_over, asyncio.Event()
                 over.set()
 
