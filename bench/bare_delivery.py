@@ -27,7 +27,7 @@ FRAME_ID = "1700000000000-0"
 
 
 def frame(topic: str, message: dict[str, Any], entry_id: str = FRAME_ID) -> str:
-    """A message frame as Service B writes it (``mqctl.services.delivery.connection.message_frame``)."""
+    """A message frame as Service B writes it (``mqctl.services.delivery.frames.message_frame``)."""
     body = {
         "id": entry_id,
         "type": message["type"],

@@ -96,15 +96,8 @@ from mqctl.core.broker import Broker
 from mqctl.core.errors import ConfigError, MQError
 from mqctl.core.filters import All, Filter, by_header, by_type
 from mqctl.core.names import check_name
-from mqctl.services.delivery.connection import (
-    INTERNAL_ERROR,
-    POLICY_VIOLATION,
-    Connection,
-    Mode,
-    close_quietly,
-    close_reason,
-    error_frame,
-)
+from mqctl.services.delivery.connection import Connection, Mode
+from mqctl.services.delivery.frames import INTERNAL_ERROR, POLICY_VIOLATION, close_quietly, close_reason, error_frame
 from mqctl.services.delivery.hub import Hub
 from mqctl.services.delivery.metrics import DeliveryMetrics
 from mqctl.services.observability import Observe, add_metrics_route

@@ -15,24 +15,22 @@ from full to having room, not once per frame.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import inspect
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-import orjson
 from starlette.websockets import WebSocket
 
-from mqctl.core import tracing
 from mqctl.core.filters import Filter
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
+from mqctl.services.delivery.frames import INTERNAL_ERROR, TOO_BIG, error_frame
 from mqctl.services.delivery.metrics import ConnectionCounters
+from mqctl.services.delivery.settling import ack_all, run_detached, settle
 
 log = logging.getLogger(__name__)
 
@@ -45,109 +43,9 @@ STALL_S = 5.0
 BURST = 256
 """Most frames the writer takes from the outbox at once (before it settles their auto-acks)."""
 
-GOING_AWAY = 1001
-POLICY_VIOLATION = 1008
-TOO_BIG = 1009
-INTERNAL_ERROR = 1011
-TOO_SLOW = 4001
-TOO_SLOW_REASON = "send buffer full: client too slow; reconnect to resume"
-
-
-def dumps(frame: dict[str, Any]) -> str:
-    """One frame as compact JSON text."""
-    try:
-        return orjson.dumps(frame).decode()  # several times faster, and this runs once per frame
-    except TypeError:  # what orjson does not take (an int over 64 bits...): the standard library
-        return json.dumps(frame, separators=(",", ":"), ensure_ascii=False)
-
-
-def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str, position: str | None = None) -> str:
-    """The frame that carries one message to a client. A broadcast frame carries ``position``, the
-    ``last_id`` to resume after it, where that is not the message's id (a partitioned topic)."""
-    frame = {
-        "id": entry_id,
-        "type": message.type,
-        "content": message.content,
-        "headers": dict(tracing.delivered(message.headers, topic, entry_id)),
-        "attempt": attempt,
-        "topic": topic,
-    }
-    if position is not None and position != entry_id:
-        frame["position"] = position
-    return dumps(frame)
-
-
-def error_frame(code: str, detail: str) -> str:
-    """The frame that tells a client what was wrong with what it sent."""
-    return dumps({"error": code, "detail": detail})
-
-
-async def settle(action: Callable[[], Awaitable[None]], what: str, delivery: Delivery) -> bool:
-    """Ack or nack ``delivery``; a broker that fails is logged (the ack timeout redelivers)."""
-    try:
-        await action()
-    except Exception as exc:
-        _settle_failed(what, delivery, exc)
-        return False
-    return True
-
-
-def _settle_failed(what: str, delivery: Delivery, exc: Exception) -> None:
-    log.warning(
-        "Could not %s message %s of %r for group %r: %s",
-        what,
-        delivery.id,
-        delivery.topic,
-        delivery.group,
-        exc,
-        extra={"message_id": delivery.id},
-    )
-
 
 def _nothing() -> None:
     pass
-
-
-def ack_all(deliveries: list[Delivery], counters: ConnectionCounters | None) -> Awaitable[list[Delivery]] | None:
-    """Ask for the ack of every delivery before awaiting any; None if all were taken at once.
-
-    An ack the subscription takes at once (to ride with its next read: the common case) is
-    counted here. Those it must send now (a read is in flight) come back as one awaitable
-    that awaits them together, so they can share one XACK; it returns those that failed."""
-    sending: list[tuple[Delivery, Awaitable[None]]] = []
-    for delivery in deliveries:
-        done = delivery.ack()
-        if inspect.iscoroutine(done) or asyncio.isfuture(done):
-            sending.append((delivery, done))
-        elif counters is not None:
-            counters.settled("ack")
-    return _send_acks(sending, counters) if sending else None
-
-
-async def _send_acks(
-    sending: list[tuple[Delivery, Awaitable[None]]], counters: ConnectionCounters | None
-) -> list[Delivery]:
-    results = await asyncio.gather(*(done for _, done in sending), return_exceptions=True)
-    failed = []
-    for (delivery, _), result in zip(sending, results, strict=True):
-        if isinstance(result, Exception):
-            _settle_failed("acknowledge", delivery, result)
-            failed.append(delivery)
-        elif isinstance(result, BaseException):
-            log.debug("The ack of %s was cancelled; the ack timeout redelivers it", delivery.id)
-        elif counters is not None:
-            counters.settled("ack")
-    return failed
-
-
-_detached: set[asyncio.Future[object]] = set()  # the loop keeps only weak references to tasks
-
-
-def run_detached(work: Awaitable[object]) -> None:
-    """Run ``work`` in a task of its own that does not end with the connection (acks of frames sent)."""
-    task = asyncio.ensure_future(work)
-    _detached.add(task)
-    task.add_done_callback(_detached.discard)
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,15 +395,3 @@ def _size(text: str | None, data: bytes | None) -> int:
     if len(text) * 4 <= MAX_FRAME_BYTES:  # cheap: no need to encode small frames
         return len(text)
     return len(text.encode("utf-8", "surrogatepass"))
-
-
-async def close_quietly(websocket: WebSocket, code: int, reason: str, *, timeout_s: float = 2.0) -> None:
-    """Send the close frame, giving up after ``timeout_s`` or if the socket is gone."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(timeout_s):
-            await websocket.close(code, close_reason(reason))
-
-
-def close_reason(reason: str) -> str:
-    """``reason`` cut to the 123 bytes a WebSocket close frame can carry."""
-    return reason.encode()[:123].decode(errors="ignore")

@@ -20,9 +20,11 @@ from collections.abc import Awaitable
 from mqctl.config import Settings
 from mqctl.core.broker import Broker
 from mqctl.core.subscription import Delivery
-from mqctl.services.delivery.connection import GOING_AWAY, Connection, dumps, settle
+from mqctl.services.delivery.connection import Connection
+from mqctl.services.delivery.frames import GOING_AWAY, dumps
 from mqctl.services.delivery.metrics import DeliveryMetrics
 from mqctl.services.delivery.pumps import BroadcastPump, GroupPump, wait_for
+from mqctl.services.delivery.settling import settle
 
 log = logging.getLogger(__name__)
 

@@ -31,15 +31,10 @@ from mqctl.core.errors import BrokerUnavailable, InvalidMessage, SubscriptionClo
 from mqctl.core.message import Message, decode
 from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Broadcast, Delivery
-from mqctl.services.delivery.connection import (
-    TOO_SLOW,
-    TOO_SLOW_REASON,
-    Connection,
-    dumps,
-    message_frame,
-    settle,
-)
+from mqctl.services.delivery.connection import Connection
+from mqctl.services.delivery.frames import TOO_SLOW, TOO_SLOW_REASON, dumps, message_frame
 from mqctl.services.delivery.metrics import DeliveryMetrics
+from mqctl.services.delivery.settling import settle
 
 log = logging.getLogger(__name__)
 

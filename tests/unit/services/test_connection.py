@@ -12,8 +12,10 @@ import pytest
 
 from mqctl.core.message import Message
 from mqctl.core.subscription import Delivery
-from mqctl.services.delivery.connection import Connection, ack_all, message_frame
+from mqctl.services.delivery.connection import Connection
+from mqctl.services.delivery.frames import message_frame
 from mqctl.services.delivery.metrics import ConnectionCounters, DeliveryMetrics
+from mqctl.services.delivery.settling import ack_all
 
 
 @dataclass
