@@ -2,6 +2,7 @@
 
 from mqctl.connect import connect, open_broker
 from mqctl.core.backend import Backend, DeadLetter, GroupStats, TopicStats
+from mqctl.core.broadcast import Broadcast
 from mqctl.core.broker import Broker, BrokerOptions
 from mqctl.core.errors import (
     BrokerOutOfMemory,
@@ -22,7 +23,7 @@ from mqctl.core.errors import (
 from mqctl.core.filters import Filter, by_header, by_type, where
 from mqctl.core.message import Message
 from mqctl.core.retry import RetryPolicy
-from mqctl.core.subscription import Broadcast, Delivery, Subscription
+from mqctl.core.subscription import Delivery, Subscription
 from mqctl.version import __version__
 from mqctl.worker import App
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from mqctl.core import schedule, tracing
 from mqctl.core.backend import Backend, DeadLetter, Limits, Outgoing, TopicStats
+from mqctl.core.broadcast import Broadcast
 from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import (
     BrokerOutOfMemory,
@@ -36,7 +37,7 @@ from mqctl.core.filters import Predicate
 from mqctl.core.message import Message, as_message, encode_any
 from mqctl.core.names import check_name
 from mqctl.core.retry import RetryPolicy, retry_call
-from mqctl.core.subscription import Broadcast, Subscription
+from mqctl.core.subscription import Subscription
 
 DEFAULT_GROUP = "default"
 

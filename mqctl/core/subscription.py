@@ -1,4 +1,4 @@
-"""Subscriptions: a consumer of a group (at-least-once, acked) and a broadcast reader.
+"""Subscriptions: a consumer of a group (at-least-once, acked); the broadcast reader is in ``broadcast.py``.
 
 Both read in batches from their backend's reader (``GroupReader``, ``BroadcastReader``) with a
 blocking read that waits at most ``poll_interval_s`` and returns as soon as a message lands.
@@ -24,17 +24,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from mqctl.core.backend import Backend, BroadcastReader, Entry, GroupReader, ReaderOptions
+from mqctl.core.backend import Backend, GroupReader, ReaderOptions
 from mqctl.core.coalescer import Coalescer
-from mqctl.core.errors import ConfigError, InvalidMessage, SubscriptionClosed
-from mqctl.core.filters import Filter, Predicate, as_filter
+from mqctl.core.errors import ConfigError, InvalidMessage
+from mqctl.core.filters import Predicate
 from mqctl.core.message import Message, decode
+from mqctl.core.reader import Reader, Readers, check_positive, cut_short
 from mqctl.core.retry import RetryPolicy
 
 log = logging.getLogger(__name__)
@@ -43,8 +42,6 @@ ACK_LINGER_S = 0.01
 """Longest an ack waits for a read to carry it before it is sent on its own, seconds."""
 ACK_RETRY_S = 1.0
 """After a failed send of lingering acks, when to try again if no read carries them first."""
-CUT_SHORT_EVERY_S = 0.01
-"""While a cancelled read has not ended, cancel it again this often (see ``_cut_short``)."""
 
 
 @dataclass(eq=False, slots=True)
@@ -97,14 +94,6 @@ class Delivery:
         return await self._subscription._bury(self, reason)
 
 
-class Readers(Protocol):
-    """Where a broker keeps its open readers: told when one opens and when it has closed."""
-
-    def add(self, reader: Any) -> None: ...
-
-    async def remove(self, reader: Any) -> None: ...
-
-
 class _Done:
     """An awaitable that is already complete (cheaper than a coroutine on a hot path)."""
 
@@ -118,115 +107,7 @@ class _Done:
 _DONE = _Done()
 
 
-async def _cut_short(fetch: asyncio.Task[None]) -> None:
-    """Cancel a read in flight and wait for it to end.
-
-    Python 3.11's ``asyncio.wait_for`` swallows a cancellation that lands as the future it waits
-    on completes (gh-86296, fixed in 3.12), and redis-py sends each command through one: a read
-    cancelled as it starts then blocks for its whole poll interval. So cancel again, every
-    ``CUT_SHORT_EVERY_S``, until it ends: the next cancel lands in the blocking read itself."""
-    while not fetch.done():
-        fetch.cancel()
-        await asyncio.wait({fetch}, timeout=CUT_SHORT_EVERY_S)
-    if not fetch.cancelled():
-        fetch.exception()  # retrieved: a read that failed as it was cut short says nothing more
-
-
-def _check_positive(name: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{name} must be > 0, got {value!r}.")
-
-
-class _Reader:
-    """What group and broadcast readers share: a buffer, a filter and a prompt close."""
-
-    def __init__(
-        self,
-        backend: Backend,
-        topic: str,
-        filter: Predicate | None,
-        poll_interval_s: float,
-        batch: int,
-        live: Readers,
-    ) -> None:
-        _check_positive("poll_interval", poll_interval_s)
-        if not isinstance(batch, int) or batch < 1:
-            raise ConfigError(f"batch must be a positive integer, got {batch!r}.")
-        self.backend = backend
-        self.topic = topic
-        self.filter: Filter | None = None if filter is None else as_filter(filter)
-        self.poll_interval_s = poll_interval_s
-        self.batch = batch
-        self._live = live  # the broker's open readers, which it closes when it closes
-        self._buffer: deque[Entry] = deque()
-        self._fetch: asyncio.Task[None] | None = None
-        self._opened = False
-        self._closed = False
-        self._stopped = False  # reads no more (hand_back), though not closed
-        self._iterated = False
-        self.on_poll: Callable[[float], None] | None = None
-
-    async def _open(self) -> None:
-        """Prepare the reader (join the group, find the starting position...)."""
-
-    async def _fill(self) -> None:
-        """Put entries in the buffer, waiting at most one poll interval."""
-        raise NotImplementedError
-
-    async def __aenter__(self) -> _Reader:
-        await self._ensure_open()
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def _ensure_open(self) -> None:
-        if self._closed:
-            raise SubscriptionClosed(f"The subscription to {self.topic!r} is closed.")
-        if not self._opened:
-            await self._open()
-            self._opened = True
-            self._live.add(self)
-
-    async def _next_entry(self) -> Entry:
-        if (self._closed and self._iterated) or self._stopped:
-            raise StopAsyncIteration  # closed (or stopped) from elsewhere mid-loop: the loop ends
-        await self._ensure_open()
-        self._iterated = True
-        while not self._buffer:
-            if self._closed or self._stopped:
-                raise StopAsyncIteration
-            # The read runs as its own task so that aclose() from anywhere can cut it short.
-            self._fetch = asyncio.ensure_future(self._fill())
-            started = time.monotonic()
-            try:
-                await self._fetch
-                if self.on_poll is not None:
-                    self.on_poll(time.monotonic() - started)
-            except asyncio.CancelledError:
-                if self._closed or self._stopped:
-                    raise StopAsyncIteration from None
-                raise
-            finally:
-                self._fetch = None
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                # redis-py can swallow a cancellation in a blocking read (redis/redis-py#2028):
-                # the read returns normally though our task was cancelled. Do not lose it.
-                raise asyncio.CancelledError
-        return self._buffer.popleft()
-
-    async def aclose(self) -> None:
-        """Stop reading. Returns at once, cutting short a blocking read in progress."""
-        if self._closed:
-            return
-        self._closed = True
-        if self._fetch is not None:
-            await _cut_short(self._fetch)
-        await self._live.remove(self)
-
-
-class Subscription(_Reader):
+class Subscription(Reader):
     """One consumer of a group on a topic. Iterate it for ``Delivery`` objects."""
 
     def __init__(
@@ -246,7 +127,7 @@ class Subscription(_Reader):
         live: Readers,
     ) -> None:
         super().__init__(backend, topic, filter, poll_interval_s, batch, live)
-        _check_positive("ack_timeout", ack_timeout_s)
+        check_positive("ack_timeout", ack_timeout_s)
         if not isinstance(max_attempts, int) or max_attempts < 1:
             raise ConfigError(f"max_attempts must be a positive integer, got {max_attempts!r}.")
         self.group = group
@@ -411,7 +292,7 @@ class Subscription(_Reader):
             return
         self._stopped = True
         if self._fetch is not None:
-            await _cut_short(self._fetch)
+            await cut_short(self._fetch)
         unstarted = [e.id if e.handle is None else e.handle for e in self._buffer]
         self._buffer.clear()
         if unstarted:
@@ -440,58 +321,3 @@ class Subscription(_Reader):
             await self._reader.release(unsettled)
         except Exception as exc:  # the broker is gone: the ack timeout will hand them back
             log.warning("Could not settle %d deliveries of %r on close: %s", len(unsettled), self.topic, exc)
-
-
-class Broadcast(_Reader):
-    """Every message of a topic, live, for one reader; no group, no acks.
-
-    Iterate it for ``(id, message)`` pairs. ``last_id`` resumes after a message seen before;
-    after each message, ``last_id`` is the position to resume from (the backend's own cursor).
-    """
-
-    def __init__(
-        self,
-        backend: Backend,
-        *,
-        topic: str,
-        last_id: str | None,
-        filter: Predicate | None,
-        poll_interval_s: float,
-        batch: int,
-        live: Readers,
-    ) -> None:
-        super().__init__(backend, topic, filter, poll_interval_s, batch, live)
-        self.last_id = last_id
-        self._reader: BroadcastReader | None = None
-
-    async def _open(self) -> None:
-        self._reader = await self.backend.broadcast_reader(self.topic, self.last_id)
-        self.last_id = self._reader.position
-
-    def __aiter__(self) -> Broadcast:
-        return self
-
-    async def __anext__(self) -> tuple[str, Message]:
-        while True:
-            entry = await self._next_entry()
-            assert self._reader is not None and self.last_id is not None  # set by _open
-            self.last_id = self._reader.after(self.last_id, entry)
-            try:
-                message = decode(entry.payload)
-            except InvalidMessage:
-                continue
-            if self.filter is None or self.filter(message):
-                return entry.id, message
-
-    async def _fill(self) -> None:
-        assert self._reader is not None  # set by _open
-        self._buffer.extend(await self._reader.read(count=self.batch, block_s=self.poll_interval_s))
-
-    async def aclose(self) -> None:
-        """Stop reading. Returns at once, cutting short a blocking read in progress."""
-        if self._closed:
-            return
-        await super().aclose()
-        if self._reader is not None:
-            with contextlib.suppress(Exception):
-                await self._reader.aclose()

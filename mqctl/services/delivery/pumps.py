@@ -26,11 +26,12 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from mqctl.config import Settings
+from mqctl.core.broadcast import Broadcast
 from mqctl.core.broker import Broker
 from mqctl.core.errors import BrokerUnavailable, InvalidMessage, SubscriptionClosed
 from mqctl.core.message import Message, decode
 from mqctl.core.retry import RetryPolicy, retry_call
-from mqctl.core.subscription import Broadcast, Delivery
+from mqctl.core.subscription import Delivery
 from mqctl.services.delivery.connection import Connection
 from mqctl.services.delivery.frames import TOO_SLOW, TOO_SLOW_REASON, dumps, message_frame
 from mqctl.services.delivery.metrics import DeliveryMetrics
