@@ -7,8 +7,6 @@ redelivery backoff, dead-letter decisions) and delegates storage to a ``Backend`
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import dataclasses
 import logging
 import os
@@ -29,7 +27,6 @@ from mqctl.core.errors import (
     BrokerUnavailable,
     ConfigError,
     MessageTooLarge,
-    MQError,
     PublishTimeout,
     QueueFull,
 )
@@ -102,7 +99,7 @@ class Broker:
         self._coalescers: dict[str, Coalescer[list[Outgoing], list[str]]] = {}
         self._failing: dict[str, Exception] = {}  # a stream's last error while its publish is retried
         self._readers = _OpenReaders(self)
-        self._promoters: dict[str, asyncio.Task[None]] = {}  # topic -> its promoter of delayed messages
+        self._promoters = schedule.Promoters(self.subscribe, self.publish, self.options.publish_retry)
         self._closing = False
 
     # -- publishing ---------------------------------------------------------------
@@ -306,50 +303,13 @@ class Broker:
         )
 
     def _reader_opened(self, topic: str) -> None:
-        """A reader of ``topic`` opened: run the topic's promoter of delayed messages here."""
-        if schedule.is_schedule(topic) or topic in self._promoters or self._closing:
-            return
-        # In a context of its own: not in the span of whoever subscribed (mqctl.core.tracing).
-        self._promoters[topic] = asyncio.get_running_loop().create_task(
-            self._run_promoter(topic), context=contextvars.Context()
-        )
+        if not self._closing:
+            self._promoters.start(topic)
 
     async def _reader_closed(self, topic: str) -> None:
         """A reader of ``topic`` closed: the last one takes the topic's promoter with it."""
-        if any(r.topic == topic for r in self._readers.readers):
-            return
-        task = self._promoters.pop(topic, None)
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(BaseException):
-                await task
-
-    async def _run_promoter(self, topic: str) -> None:
-        async def promote() -> None:
-            sub = self.subscribe(
-                schedule.schedule_topic(topic),
-                group=schedule.GROUP,
-                ack_timeout=schedule.HOP_S,
-                max_attempts=schedule.ATTEMPTS,
-                poll_interval=1.0,
-                from_start=True,
-            )
-            await schedule.promote(sub, self.publish, topic)
-
-        def retrying(exc: Exception, wait_s: float) -> None:
-            log.warning(
-                "Delayed messages of %r cannot be promoted now (%s); trying again in %.1f s", topic, exc, wait_s
-            )
-
-        # the broker went away: try again, as a consumer would, until this broker closes
-        with contextlib.suppress(MQError):
-            await retry_call(
-                promote,
-                policy=self.options.publish_retry,
-                deadline_s=None,
-                should_retry=lambda exc: isinstance(exc, MQError) and not self._closing,
-                on_retry=retrying,
-            )
+        if not any(r.topic == topic for r in self._readers.readers):
+            await self._promoters.stop(topic)
 
     async def create_group(self, topic: str, group: str, *, from_start: bool = True) -> bool:
         """Create ``group`` on ``topic`` so it keeps every message from now (or from the start)."""
@@ -437,12 +397,8 @@ class Broker:
     async def aclose(self) -> None:
         """Finish publishes in flight, close subscriptions and release connections."""
         self._closing = True
+        await self._promoters.aclose()
         await asyncio.gather(*(r.aclose() for r in list(self._readers.readers)), return_exceptions=True)
-        promoters = list(self._promoters.values())
-        self._promoters.clear()
-        for task in promoters:
-            task.cancel()
-        await asyncio.gather(*promoters, return_exceptions=True)
         for coalescer in list(self._coalescers.values()):
             await coalescer.aclose()
         await self.backend.aclose()

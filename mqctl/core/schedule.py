@@ -18,6 +18,9 @@ earlier anyway. ``stats(topic).scheduled`` counts what waits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from mqctl.core.errors import ConfigError, MQError
 from mqctl.core.message import Message
+from mqctl.core.retry import RetryPolicy, retry_call
 
 if TYPE_CHECKING:
     from mqctl.core.subscription import Subscription
@@ -108,3 +112,67 @@ async def promote(sub: Subscription, publish: Publish, topic: str) -> None:
                 await delivery.nack(RETRY_S, reason=f"promotion failed: {exc}")
                 continue
             await delivery.ack()
+
+
+class Promoters:
+    """A broker's promoters: one per topic that something of this broker reads (``start`` when a
+    reader opens, ``stop`` when the topic's last one closes), each promoting until it is stopped,
+    and trying again with ``retry``'s backoff while the broker is away."""
+
+    def __init__(self, subscribe: Callable[..., Subscription], publish: Publish, retry: RetryPolicy) -> None:
+        self._subscribe = subscribe
+        self._publish = publish
+        self._retry = retry
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._closing = False
+
+    def start(self, topic: str) -> None:
+        """Promote ``topic``'s due messages from now on (nothing if it already is, or is a schedule)."""
+        if is_schedule(topic) or topic in self._tasks or self._closing:
+            return
+        # In a context of its own: not in the span of whoever subscribed (mqctl.core.tracing).
+        self._tasks[topic] = asyncio.get_running_loop().create_task(self._run(topic), context=contextvars.Context())
+
+    async def stop(self, topic: str) -> None:
+        """Stop promoting ``topic``."""
+        task = self._tasks.pop(topic, None)
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+
+    async def aclose(self) -> None:
+        """Stop every promoter, for good."""
+        self._closing = True
+        tasks = list(self._tasks.values())
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, topic: str) -> None:
+        async def promote_once() -> None:
+            sub = self._subscribe(
+                schedule_topic(topic),
+                group=GROUP,
+                ack_timeout=HOP_S,
+                max_attempts=ATTEMPTS,
+                poll_interval=1.0,
+                from_start=True,
+            )
+            await promote(sub, self._publish, topic)
+
+        def retrying(exc: Exception, wait_s: float) -> None:
+            log.warning(
+                "Delayed messages of %r cannot be promoted now (%s); trying again in %.1f s", topic, exc, wait_s
+            )
+
+        # the broker went away: try again, as a consumer would, until the promoters close
+        with contextlib.suppress(MQError):
+            await retry_call(
+                promote_once,
+                policy=self._retry,
+                deadline_s=None,
+                should_retry=lambda exc: isinstance(exc, MQError) and not self._closing,
+                on_retry=retrying,
+            )

@@ -92,6 +92,6 @@ async def test_a_promoter_is_stopped_with_its_broker(connect_broker: BrokerFacto
     async with connect_broker() as broker, broker.subscribe("orders", group="billing", poll_interval=0.1):
         await broker.publish("orders", {"type": "x", "content": 1}, delay_s=60)
         await asyncio.sleep(0.2)
-        promoters = list(broker._promoters.values())
+        promoters = list(broker._promoters._tasks.values())
         assert promoters
     assert all(task.done() for task in promoters)
