@@ -113,7 +113,8 @@ class RedisStore:
         self._ack = client.register_script(scripts.ACK)
         client.set_response_callback("XREADGROUP", _keep_reply)
         self._registered: set[str] = set()
-        self._read_to: dict[tuple[str, str], str] = {}  # (stream, group): the last id read, for _recreate_group
+        # (stream, group): the last entry read (id, payload), for _recreate_group
+        self._read_to: dict[tuple[str, str], tuple[str, bytes]] = {}
 
     @contextlib.asynccontextmanager
     async def _errors(self, timeout_s: float | None = None) -> AsyncIterator[None]:
@@ -302,7 +303,8 @@ class RedisStore:
                 return []
         entries = _entries(reply)
         if entries:
-            self._read_to[stream, group] = entries[-1].id
+            last = entries[-1]
+            self._read_to[stream, group] = (last.id, last.payload)
         return entries
 
     async def _recreate_group(self, topic: str, stream: str, group: str) -> None:
@@ -310,9 +312,18 @@ class RedisStore:
         by hand) is created again right after the last entry this process read for it, if the
         stream still holds that entry, and from the stream's start if not: the history we knew is
         gone (a new master that never got it), so everything the stream holds is new to the group.
-        Some messages may come twice; none published since is skipped, as "from now" would."""
+        Some messages may come twice; none published since is skipped, as "from now" would.
+
+        "Holds that entry" compares the payload too: a stream lost and written again within the
+        same millisecond gives its first new entry the very id last read, and only its payload
+        tells it apart (comparing ids alone skipped it)."""
         last = self._read_to.get((stream, group))
-        at = last if last is not None and await self.client.xrange(stream, min=last, max=last, count=1) else "0"
+        at = "0"
+        if last is not None:
+            last_id, payload = last
+            found = await self.client.xrange(stream, min=last_id, max=last_id, count=1)
+            if found and (found[0][1] or {}).get(b"m") == payload:
+                at = last_id
         try:
             await self.client.xgroup_create(stream, group, id=at, mkstream=True)
         except rex.ResponseError as exc:

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 import mqctl
+from mqctl.core.message import Message, encode
 from tests.servers import RedisServer
 
 pytestmark = pytest.mark.timeout(30)
@@ -50,4 +51,21 @@ async def test_a_group_lost_with_its_history_gets_what_the_stream_holds_now(redi
         admin.delete("mqctl:{orders}:stream")
         await broker.publish("orders", {"type": "n", "content": 2})
         assert (await _next(sub)).message.content == 2
+    admin.close()
+
+
+async def test_a_stream_written_again_in_the_same_millisecond_loses_nothing(redis_server: RedisServer) -> None:
+    """The stream is lost and its first new entry gets the very id last read (same millisecond):
+    the group comes back from the start of the new stream, so that entry is delivered."""
+    admin = redis.Redis.from_url(redis_server.url)
+    async with (
+        mqctl.connect(redis_server.url) as broker,
+        broker.subscribe("orders", group="billing", poll_interval=0.1) as sub,
+    ):
+        await broker.publish("orders", {"type": "n", "content": 1})
+        first = await _next(sub)
+        admin.delete("mqctl:{orders}:stream")
+        admin.xadd("mqctl:{orders}:stream", {"m": encode(Message("n", 2))}, id=first.id)
+        second = await _next(sub)
+        assert (second.id, second.message.content) == (first.id, 2)
     admin.close()
