@@ -122,15 +122,27 @@ class RedisCluster:
             raise ClusterStartError(f"The cluster node on port {port} did not become ready in time.")
 
     def wait_until_ok(self, timeout_s: float = 30.0) -> None:
-        """Wait until every running node reports ``cluster_state:ok`` and knows every master."""
+        """Wait until every running node reports ``cluster_state:ok`` and knows every master, and
+        (with replicas) every replication link is up: until then a WAIT for a replica times out,
+        and a publish with the replica wait is refused before any fault was injected."""
         deadline = time.monotonic() + timeout_s
         for port in self.running_ports():
             while True:
                 info = _command(port, "cluster", "info")
-                if "cluster_state:ok" in info and f"cluster_size:{self.masters}" in info:
+                if "cluster_state:ok" in info and f"cluster_size:{self.masters}" in info and self._replicated(port):
                     break
                 self._check_alive(port, deadline)
                 time.sleep(0.05)
+
+    def _replicated(self, port: int) -> bool:
+        """A master has all its replicas online; a replica's link to its master is up."""
+        if not self.replicas:
+            return True
+        info = _command(port, "info", "replication")
+        if "role:slave" in info:
+            return "master_link_status:up" in info
+        online = sum(1 for line in info.splitlines() if line.startswith("slave") and "state=online" in line)
+        return online >= self.replicas
 
     def running_ports(self) -> list[int]:
         return [port for port, node in self.nodes.items() if node.process is not None and node.process.poll() is None]
