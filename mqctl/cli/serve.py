@@ -101,8 +101,9 @@ def serve_a(
         log_format=log_format,
     )
     if workers > 1:
-        _serve_ingest_workers(settings, host, port, workers)
-    _serve_one(create_app, settings, host, port)
+        _serve_ingest_workers(settings, host, port, workers)  # exits with the supervisor's code
+    else:
+        _serve_one(create_app, settings, host, port)
 
 
 def serve_b(

@@ -111,12 +111,10 @@ class Listener:
                 on_retry=retrying,
                 sleep=self.sleep,
             )
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            if 400 <= status < 500:
-                raise ServiceError(status, "handshake_refused", f"Service B refused the WebSocket: {status}.") from exc
-            raise BrokerUnavailable(f"Cannot reach Service B at {self.base_url}: {exc}.") from exc
         except (OSError, InvalidHandshake, TimeoutError) as exc:
+            if isinstance(exc, InvalidStatus) and not _reachable_later(exc):
+                status = exc.response.status_code
+                raise ServiceError(status, "handshake_refused", f"Service B refused the WebSocket: {status}.") from exc
             raise BrokerUnavailable(f"Cannot reach Service B at {self.base_url}: {exc}.") from exc
 
     async def __aenter__(self) -> Listener:

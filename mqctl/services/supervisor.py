@@ -48,7 +48,6 @@ def supervise(target: Callable[[socket.socket], None], sock: socket.socket, work
     """
     context = multiprocessing.get_context("spawn")
     stop = threading.Event()
-    signals = [0]
 
     def start(slot: int) -> BaseProcess:
         process = context.Process(
@@ -59,7 +58,6 @@ def supervise(target: Callable[[socket.socket], None], sock: socket.socket, work
         return process
 
     def forward(signum: int, _frame: object) -> None:
-        signals[0] += 1
         stop.set()
         for process in processes:
             if process.pid is not None and process.exitcode is None:

@@ -33,24 +33,8 @@ class NatsBackend:
 
     capabilities = Capabilities(partitions=False, retained_history=True, consumer_names=False)
 
-    def __init__(
-        self,
-        servers: list[str],
-        *,
-        prefix: str = DEFAULT_PREFIX,
-        display_url: str = "nats",
-        replicas: int = 1,
-        command_timeout_s: float = 5.0,
-        connect_options: dict[str, Any] | None = None,
-    ) -> None:
-        self.connection = Connection(
-            servers,
-            prefix=prefix,
-            display_url=display_url,
-            replicas=replicas,
-            command_timeout_s=command_timeout_s,
-            connect_options=connect_options,
-        )
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
         self.streams = Streams(self.connection)
         self.dead = DeadLetters(self.connection)
         self.publishing = Publishing(self.connection, self.streams)
@@ -254,10 +238,12 @@ def from_url(
     if unknown:
         raise ConfigError(f"Unknown option(s) for nats:// {sorted(unknown)!r}; see nats.connect for what it takes.")
     return NatsBackend(
-        servers,
-        prefix=prefix,
-        display_url=shown,
-        replicas=replicas,
-        command_timeout_s=command_timeout_s,
-        connect_options=connect_options,
+        Connection(
+            servers,
+            prefix=prefix,
+            display_url=shown,
+            replicas=replicas,
+            command_timeout_s=command_timeout_s,
+            connect_options=connect_options,
+        )
     )
