@@ -151,6 +151,15 @@ _set_type, _set_content, _set_headers = (Message.__dict__[name].__set__ for name
 
 def decode(data: bytes | str) -> Message:
     """The message in ``data``, as written by ``encode``. Raises ``InvalidMessage``."""
+    return decode_verbatim(data)[0]
+
+
+def decode_verbatim(data: bytes | str) -> tuple[Message, bool]:
+    """``decode(data)``, and whether ``data`` is laid out as ``encode`` writes it: one JSON object
+    of exactly ``type``, ``content`` and ``headers`` (an object), opening with ``"type":`` and
+    closing with its brace, so that a frame can be spliced from its bytes. (``encode`` of the same
+    message may still differ byte for byte, e.g. in how a float is written: splicing sends the
+    content exactly as it was stored.)"""
     try:
         raw = _loads(data)
         kind, headers = raw["type"], raw.get("headers") or {}
@@ -162,10 +171,17 @@ def decode(data: bytes | str) -> Message:
         or type(headers) is not dict
         or (headers and not all(type(k) is str and type(v) is str for k, v in headers.items()))
     ):
-        return Message(kind, raw.get("content"), headers)  # the full checks say what is wrong
+        return Message(kind, raw.get("content"), headers), False  # the full checks say what is wrong
     # Written by encode(), so already valid: skip the per-field checks on this hot path.
     message: Message = _new_message(Message)
     _set_type(message, kind)
     _set_content(message, raw.get("content"))
     _set_headers(message, headers)
-    return message
+    return message, (
+        len(raw) == 3  # type, content, headers and nothing else
+        and type(data) is bytes
+        and data[-1] == 125  # "}"
+        and data.startswith(b'{"type":')
+        and "content" in raw
+        and type(raw.get("headers")) is dict
+    )

@@ -28,11 +28,11 @@ from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqctl.core.backend import Backend, GroupReader, ReaderOptions
+from mqctl.core.backend import Backend, Entry, GroupReader, ReaderOptions
 from mqctl.core.coalescer import Coalescer
 from mqctl.core.errors import ConfigError, InvalidMessage
 from mqctl.core.filters import Predicate
-from mqctl.core.message import Message, decode
+from mqctl.core.message import Message, decode_verbatim
 from mqctl.core.reader import Reader, Readers, check_positive, cut_short
 from mqctl.core.retry import RetryPolicy
 
@@ -57,6 +57,9 @@ class Delivery:
     _handle: Any = field(default=None, repr=False)
     """The backend's handle for this delivery: what acks, nacks and dead-letters it."""
     _settled: bool = field(default=False, repr=False)
+    payload: bytes | None = field(default=None, repr=False)
+    """The message's bytes as stored, when laid out as mqctl writes them (see
+    ``message.decode_verbatim``); None otherwise. Service B splices its frames from them."""
 
     @property
     def headers(self) -> Mapping[str, str]:
@@ -107,6 +110,26 @@ class _Done:
 _DONE = _Done()
 
 
+def ack_many(deliveries: Sequence[Delivery]) -> Awaitable[None]:
+    """Acknowledge ``deliveries``, of one subscription or several, with one awaitable for all:
+    ``Subscription.ack_many`` for each subscription's share. Already complete (not a coroutine
+    nor a future) when every ack was taken to ride with a coming read."""
+    if not deliveries:
+        return _DONE
+    first = deliveries[0]._subscription
+    if all(delivery._subscription is first for delivery in deliveries):
+        return first.ack_many(deliveries)
+    shares: dict[Subscription, list[Delivery]] = {}
+    for delivery in deliveries:
+        shares.setdefault(delivery._subscription, []).append(delivery)
+    pending = [done for owner, share in shares.items() if not isinstance(done := owner.ack_many(share), _Done)]
+    return _together(pending) if pending else _DONE
+
+
+async def _together(pending: list[Awaitable[None]]) -> None:
+    await asyncio.gather(*pending)
+
+
 class Subscription(Reader):
     """One consumer of a group on a topic. Iterate it for ``Delivery`` objects."""
 
@@ -154,7 +177,8 @@ class Subscription(Reader):
         self._acks: list[Any] = []
         self._linger: asyncio.TimerHandle | None = None  # sends self._acks if no read takes them
         self._lingering: set[asyncio.Task[None]] = set()  # sends of acks the linger let out
-        self._late_acks: Coalescer[Any, None] = Coalescer(self._send_late_acks)  # taken during a read
+        # Acks taken during a read, sent together: each item is the handles of one ack() or ack_many().
+        self._late_acks: Coalescer[list[Any], None] = Coalescer(self._send_late_acks)
         self._outstanding: dict[str, Any] = {}  # id -> handle of deliveries given out, not settled
         self.on_dead_letter: Callable[[int], None] | None = None
 
@@ -176,18 +200,48 @@ class Subscription(Reader):
                 entry = self._buffer.popleft()
             else:
                 entry = await self._next_entry()
-            handle = entry.id if entry.handle is None else entry.handle
             try:
-                message = decode(entry.payload)
+                delivery = self._deliver(entry)
             except InvalidMessage:
+                handle = entry.id if entry.handle is None else entry.handle
                 reason = "not a mqctl message (cannot decode)"
                 self._dead_lettered(int(await self._reader.dead_letter(handle, reason=reason, attempts=entry.attempt)))
                 continue
-            if self.filter is not None and not self.filter(message):
-                self._queue_ack(handle)  # filtered out: done for this group only
-                continue
-            self._outstanding[entry.id] = handle
-            return Delivery(entry.id, message, entry.attempt, self.topic, self.group, self, handle)
+            if delivery is not None:
+                return delivery
+
+    def ready(self) -> Delivery | None:
+        """The next delivery if it was read already, at once (no await, no read); None when the
+        next one needs a read from the broker, or ``anext()`` for another reason.
+
+        For a consumer that takes what a read brought in a loop of its own: ``await anext(sub)``
+        for the first, then ``sub.ready()`` until it returns None."""
+        buffer = self._buffer
+        while buffer and not self._closed:
+            entry = buffer.popleft()
+            try:
+                delivery = self._deliver(entry)
+            except InvalidMessage:
+                buffer.appendleft(entry)  # anext() moves it to the dead letters
+                return None
+            if delivery is not None:
+                return delivery
+        return None
+
+    def _deliver(self, entry: Entry) -> Delivery | None:
+        """The delivery of ``entry``; None if it is filtered out (and acked). Raises InvalidMessage."""
+        entry_id, payload, attempt, handle = entry
+        if handle is None:
+            handle = entry_id
+        message, verbatim = decode_verbatim(payload)
+        if self.filter is not None and not self.filter(message):
+            self._queue_ack(handle)  # filtered out: done for this group only
+            return None
+        self._outstanding[entry_id] = handle
+        # Positional: this runs once per message, and keywords cost a dataclass __init__ more.
+        return Delivery(
+            entry_id, message, attempt, self.topic, self.group, self, handle, False, payload if verbatim else None
+        )
 
     async def _fill(self) -> None:
         acks = self._take_acks()
@@ -232,7 +286,7 @@ class Subscription(Reader):
 
     async def _send_lingering(self, handles: list[Any]) -> None:
         try:
-            await self._late_acks.submit_many(handles)
+            await self._late_acks.submit(handles)
         except Exception as exc:  # the ack timeout hands them back if they never get through
             log.warning("Could not send %d ack(s) of %r: %s; trying again", len(handles), self.topic, exc)
             if not self._closed:
@@ -248,24 +302,47 @@ class Subscription(Reader):
                     self._keep_acks(handles, ACK_RETRY_S)
                 raise
 
+    def ack_many(self, deliveries: Sequence[Delivery]) -> Awaitable[None]:
+        """Acknowledge every one of ``deliveries`` (given out by this subscription) at once. Await
+        the result: one awaitable for them all, which raises if the broker did not take them.
+
+        The same as ``ack()`` on each, at the cost of one: the acks share a round trip (or ride
+        with the next read) and a single result. Those already settled are left out."""
+        for delivery in deliveries:
+            if delivery._subscription is not self:
+                raise ValueError(f"Delivery {delivery.id} was not given out by this subscription.")
+        handles = []
+        outstanding = self._outstanding
+        for delivery in deliveries:
+            if delivery._settled:
+                continue
+            delivery._settled = True
+            outstanding.pop(delivery.id, None)
+            handles.append(delivery._handle)
+        if not handles:
+            return _DONE
+        return self._queue_acks(handles)
+
     def _ack(self, delivery: Delivery) -> Awaitable[None]:
-        # Not a coroutine: the common case (queue the ack for the next read) costs no frame.
         self._outstanding.pop(delivery.id, None)
-        handle = delivery._handle
+        return self._queue_acks([delivery._handle])
+
+    def _queue_acks(self, handles: list[Any]) -> Awaitable[None]:
+        # Not a coroutine: the common case (queue the acks for the next read) costs no frame.
         if self._closed or self._fetch is not None:
-            # No read is coming soon to carry the ack: send it now, with any others that come
+            # No read is coming soon to carry the acks: send them now, with any others that come
             # before the round trip in flight returns.
-            return self._late_acks.submit_nowait(handle)
-        self._acks.append(handle)
+            return self._late_acks.submit_nowait(handles)
+        self._acks += handles
         if self._linger is None:
             self._linger = asyncio.get_running_loop().call_later(ACK_LINGER_S, self._linger_ran_out)
         elif len(self._acks) >= 10 * self.batch:  # a full load for one round trip: send it now
             return self._flush_acks()
         return _DONE
 
-    async def _send_late_acks(self, handles: Sequence[Any]) -> list[None]:
-        await self._reader.ack(handles)
-        return [None] * len(handles)
+    async def _send_late_acks(self, batches: Sequence[list[Any]]) -> list[None]:
+        await self._reader.ack(batches[0] if len(batches) == 1 else [h for handles in batches for h in handles])
+        return [None] * len(batches)
 
     # -- nacks and dead letters ----------------------------------------------------------
 

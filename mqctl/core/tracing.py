@@ -101,6 +101,11 @@ def consuming(
     )
 
 
+def traced(headers: Mapping[str, str]) -> bool:
+    """True if ``delivered`` would add to these headers (tracing is on and they carry a context)."""
+    return trace is not None and TRACEPARENT in headers
+
+
 def delivered(headers: Mapping[str, str], topic: str, message_id: str) -> Mapping[str, str]:
     """Service B: the headers a frame carries to a client, with the context of a ``deliver
     <topic>`` span recorded for it (the child of the message's); ``headers`` as they are for a

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 import mqctl
 from mqctl.core import subscription as subscription_module
 from tests.conftest import BrokerFactory
@@ -131,3 +133,66 @@ async def test_acks_of_a_fast_loop_ride_with_its_reads(broker: mqctl.Broker, moc
         assert [len(call.kwargs["ack"]) for call in read.call_args_list] == [0, 100, 100]
     assert backend_ack.call_count == 1  # the last 100, at close
     assert await _pending(broker, "orders") == 0
+
+
+async def test_ack_many_during_a_read_is_one_round_trip(broker: mqctl.Broker, mocker: Any) -> None:
+    """ack_many of a batch taken while a read is in flight: one ack sent for all of them, and when
+    its await returns they are acknowledged in the broker."""
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(20)])
+    sub = broker.subscribe("orders", batch=20, poll_interval=5)
+    backend_ack = mocker.spy(sub._reader, "ack")
+    async with sub:
+        deliveries = await take(sub, 20)
+        reading = await _reading(sub)
+        await sub.ack_many(deliveries)
+        assert backend_ack.call_count == 1
+        assert sorted(map(id, backend_ack.call_args.args[0])) == sorted(id(d._handle) for d in deliveries)
+        assert await _pending(broker, "orders") == 0
+        await sub.ack_many(deliveries)  # settled already: nothing more is sent
+        assert backend_ack.call_count == 1
+        reading.cancel()
+
+
+async def test_ack_many_between_reads_rides_with_the_next_read(broker: mqctl.Broker, mocker: Any) -> None:
+    """ack_many between two reads (a loop that acks what it took) sends nothing on its own:
+    the acks go with the next read, and only the unacked one is redelivered later."""
+    mocker.patch.object(subscription_module, "ACK_LINGER_S", 30.0)
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(10)])
+    sub = broker.subscribe("orders", batch=5, poll_interval=5)
+    backend_ack = mocker.spy(sub._reader, "ack")
+    read = mocker.spy(sub._reader, "read")
+    async with sub:
+        first = await take(sub, 5)
+        await sub.ack_many(first[:4])
+        await take(sub, 1)  # the next read carries the four acks
+        assert [len(call.kwargs["ack"]) for call in read.call_args_list] == [0, 4]
+        assert backend_ack.call_count == 0
+        assert await _pending(broker, "orders") == 6  # first[4] and the five of the second read
+
+
+async def test_a_refused_ack_many_raises_and_leaves_every_message_pending(broker: mqctl.Broker, mocker: Any) -> None:
+    """When the broker does not take the acks of ack_many, its await raises and all stay pending."""
+    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(4)])
+    sub = broker.subscribe("orders", batch=4, poll_interval=5, ack_timeout=60)
+    async with sub:
+        deliveries = await take(sub, 4)
+        reading = await _reading(sub)
+        mocker.patch.object(sub._reader, "ack", side_effect=mqctl.BrokerUnavailable("gone"))
+        with pytest.raises(mqctl.BrokerUnavailable):
+            await sub.ack_many(deliveries)
+        mocker.stopall()
+        assert await _pending(broker, "orders") == 4
+        reading.cancel()
+
+
+async def test_ack_many_refuses_deliveries_of_another_subscription(broker: mqctl.Broker) -> None:
+    """Deliveries of another subscription are refused before any is settled."""
+    await broker.publish("a", {"type": "n"})
+    await broker.publish("b", {"type": "n"})
+    async with broker.subscribe("a", poll_interval=5) as sub_a, broker.subscribe("b", poll_interval=5) as sub_b:
+        (mine,) = await take(sub_a, 1)
+        (theirs,) = await take(sub_b, 1)
+        with pytest.raises(ValueError, match=theirs.id):
+            sub_a.ack_many([mine, theirs])
+        await mine.ack()  # not settled by the refused call: its own ack still goes out
+        await eventually(lambda: _pending_is(broker, "a", "default", 0), what="the ack of 'a'")

@@ -20,8 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from starlette.websockets import WebSocket
 
@@ -48,11 +47,13 @@ def _nothing() -> None:
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class _Frame:
+class _Frame(NamedTuple):
     text: str
-    delivery: Delivery | None = None
-    message: bool = False
+    delivery: Delivery | None
+    message: bool
+
+
+_frame = tuple.__new__  # _Frame(...) without NamedTuple's Python-level __new__: one per message
 
 
 class Connection:
@@ -142,7 +143,7 @@ class Connection:
         outbox = self._outbox
         if len(outbox) >= self.capacity and not force:
             return False
-        outbox.append(_Frame(text, delivery, message or delivery is not None))
+        outbox.append(_frame(_Frame, (text, delivery, message or delivery is not None)))
         if len(outbox) >= self.capacity and self.full_since is None:
             self.full_since = self._clock()
         if delivery is not None:

@@ -12,6 +12,7 @@ from starlette.websockets import WebSocket
 
 from mqctl.core import tracing
 from mqctl.core.message import Message
+from mqctl.core.subscription import Delivery
 
 GOING_AWAY = 1001
 POLICY_VIOLATION = 1008
@@ -43,6 +44,30 @@ def message_frame(entry_id: str, message: Message, *, attempt: int, topic: str, 
     if position is not None and position != entry_id:
         frame["position"] = position
     return dumps(frame)
+
+
+def frame_of(delivery: Delivery) -> str:
+    """``message_frame`` of a delivery; spliced from its stored bytes where it carries them: the
+    stored ``{"type":...,"content":...,"headers":{...}}`` with ``id`` put before and ``attempt``
+    and ``topic`` after, the content never decoded and encoded again."""
+    stored = delivery.payload
+    if stored is None or tracing.traced(delivery.message.headers):
+        return message_frame(delivery.id, delivery.message, attempt=delivery.attempt, topic=delivery.topic)
+    topic = _topics.get(delivery.topic)
+    if topic is None:
+        topic = _topics[delivery.topic] = ',"topic":' + _string(delivery.topic) + "}"
+    return '{"id":' + _string(delivery.id) + "," + stored[1:-1].decode() + ',"attempt":' + str(delivery.attempt) + topic
+
+
+_topics: dict[str, str] = {}
+"""A frame's closing text by topic: ``,"topic":"<topic>"}``. (Topics are few and named by users.)"""
+
+
+def _string(value: str) -> str:
+    """``value`` as a JSON string; ids and topic names need no escaping, checked cheaply."""
+    if '"' in value or "\\" in value or not value.isprintable():
+        return json.dumps(value, ensure_ascii=False)
+    return '"' + value + '"'
 
 
 def error_frame(code: str, detail: str) -> str:

@@ -33,7 +33,7 @@ from mqctl.core.message import Message, decode
 from mqctl.core.retry import RetryPolicy, retry_call
 from mqctl.core.subscription import Delivery
 from mqctl.services.delivery.connection import Connection
-from mqctl.services.delivery.frames import TOO_SLOW, TOO_SLOW_REASON, dumps, message_frame
+from mqctl.services.delivery.frames import TOO_SLOW, TOO_SLOW_REASON, dumps, frame_of, message_frame
 from mqctl.services.delivery.metrics import DeliveryMetrics
 from mqctl.services.delivery.settling import settle
 
@@ -178,13 +178,22 @@ class GroupPump(_Pump):
             # client is told "subscribed" is missed by a new group.
             await self.broker.create_group(self.topic, self.group, from_start=False)
             self.opened.set()
+        subscription = self._subscription
         while True:
             await self._until_room()
             try:
-                delivery = await anext(self._subscription)
+                delivery: Delivery | None = await anext(subscription)
             except StopAsyncIteration:
                 return
-            await self._dispatch(delivery)
+            # What that read brought is handed out without an await while connections have room.
+            while delivery is not None:
+                taker = self._place(delivery)
+                if taker is None:
+                    await self._dispatch(delivery)
+                    break
+                if not taker.has_room():
+                    break
+                delivery = subscription.ready()
 
     async def _until_room(self) -> None:
         while True:
@@ -193,33 +202,36 @@ class GroupPump(_Pump):
                 return
             await wait_for(self._changed, TICK_S)
 
+    def _place(self, delivery: Delivery) -> Connection | None:
+        """Push ``delivery`` to the next connection (round robin) whose filter takes it and whose
+        outbox has room, and return that connection; None if none could take it now."""
+        connections = self.connections
+        count = len(connections)
+        for step in range(count):
+            position = (self._next + step) % count
+            connection = connections[position]
+            if connection.closing or not connection.accepts(delivery.message) or not connection.has_room():
+                continue
+            self._next = position + 1
+            if delivery.attempt > 1:  # a redelivery supersedes the copy another client sat on
+                for other in connections:
+                    if other is not connection:
+                        other.unacked.pop(delivery.id, None)
+            connection.push(frame_of(delivery), delivery)
+            return connection
+        return None
+
     async def _dispatch(self, delivery: Delivery) -> None:
-        text = message_frame(delivery.id, delivery.message, attempt=delivery.attempt, topic=self.topic)
+        """Hand out a delivery no connection could take at once: wait for room, ack it if no
+        connection's filter takes it, or leave it (the pump is closing: it is handed back)."""
         while True:
             self._changed.clear()
-            connections = self.connections
-            count = len(connections)
-            live = matched = False
-            for step in range(count):
-                position = (self._next + step) % count
-                connection = connections[position]
-                if connection.closing:
-                    continue
-                live = True
-                if not connection.accepts(delivery.message):
-                    continue
-                matched = True
-                if connection.has_room():
-                    self._next = position + 1
-                    if delivery.attempt > 1:  # a redelivery supersedes the copy another client sat on
-                        for other in connections:
-                            if other is not connection:
-                                other.unacked.pop(delivery.id, None)
-                    connection.push(text, delivery)
-                    return
+            if self._place(delivery) is not None:
+                return
+            live = [c for c in self.connections if not c.closing]
             if not live:
                 return  # the pump is closing: the subscription hands the delivery back
-            if not matched:
+            if not any(c.accepts(delivery.message) for c in live):
                 await settle(delivery.ack, "acknowledge (filtered out)", delivery)
                 return
             await wait_for(self._changed, TICK_S)

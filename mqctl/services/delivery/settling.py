@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
-from mqctl.core.subscription import Delivery
+from mqctl.core.subscription import Delivery, ack_many
 from mqctl.services.delivery.metrics import ConnectionCounters
 
 log = logging.getLogger(__name__)
@@ -18,53 +18,55 @@ async def settle(action: Callable[[], Awaitable[None]], what: str, delivery: Del
     try:
         await action()
     except Exception as exc:
-        _settle_failed(what, delivery, exc)
+        _settle_failed(what, [delivery], exc)
         return False
     return True
 
 
-def _settle_failed(what: str, delivery: Delivery, exc: Exception) -> None:
+def _settle_failed(what: str, deliveries: Sequence[Delivery], exc: Exception) -> None:
+    first = deliveries[0]
+    more = f" (and {len(deliveries) - 1} more)" if len(deliveries) > 1 else ""
     log.warning(
-        "Could not %s message %s of %r for group %r: %s",
+        "Could not %s message %s%s of %r for group %r: %s",
         what,
-        delivery.id,
-        delivery.topic,
-        delivery.group,
+        first.id,
+        more,
+        first.topic,
+        first.group,
         exc,
-        extra={"message_id": delivery.id},
+        extra={"message_id": first.id},
     )
 
 
 def ack_all(deliveries: list[Delivery], counters: ConnectionCounters | None) -> Awaitable[list[Delivery]] | None:
-    """Ask for the ack of every delivery before awaiting any; None if all were taken at once.
+    """Ask for the acks of every delivery at once; None if they were all taken to ride with the
+    subscription's next read (the common case), counted here.
 
-    An ack the subscription takes at once (to ride with its next read: the common case) is
-    counted here. Those it must send now (a read is in flight) come back as one awaitable
-    that awaits them together, so they can share one XACK; it returns those that failed."""
-    sending: list[tuple[Delivery, Awaitable[None]]] = []
-    for delivery in deliveries:
-        done = delivery.ack()
-        if inspect.iscoroutine(done) or asyncio.isfuture(done):
-            sending.append((delivery, done))
-        elif counters is not None:
-            counters.settled("ack")
-    return _send_acks(sending, counters) if sending else None
+    Acks that must be sent now (a read is in flight) come back as one awaitable for all of them
+    (``ack_many``: one future, one XACK shared with other connections' acks); it counts them once
+    the broker has them and returns the deliveries it did not take."""
+    done = ack_many(deliveries)
+    if inspect.iscoroutine(done) or asyncio.isfuture(done):
+        return _sent(deliveries, done, counters)
+    if counters is not None:
+        counters.settled("ack", len(deliveries))
+    return None
 
 
-async def _send_acks(
-    sending: list[tuple[Delivery, Awaitable[None]]], counters: ConnectionCounters | None
+async def _sent(
+    deliveries: list[Delivery], done: Awaitable[None], counters: ConnectionCounters | None
 ) -> list[Delivery]:
-    results = await asyncio.gather(*(done for _, done in sending), return_exceptions=True)
-    failed = []
-    for (delivery, _), result in zip(sending, results, strict=True):
-        if isinstance(result, Exception):
-            _settle_failed("acknowledge", delivery, result)
-            failed.append(delivery)
-        elif isinstance(result, BaseException):
-            log.debug("The ack of %s was cancelled; the ack timeout redelivers it", delivery.id)
-        elif counters is not None:
-            counters.settled("ack")
-    return failed
+    try:
+        await done
+    except Exception as exc:
+        _settle_failed("acknowledge", deliveries, exc)
+        return deliveries
+    except asyncio.CancelledError:  # the subscription closed under them
+        log.debug("The acks of %d deliveries were cancelled; the ack timeout redelivers them", len(deliveries))
+        return []
+    if counters is not None:
+        counters.settled("ack", len(deliveries))
+    return []
 
 
 _detached: set[asyncio.Future[object]] = set()  # the loop keeps only weak references to tasks

@@ -40,21 +40,41 @@ class FakeSocket:
         raise AssertionError("unreachable")
 
 
+class FakeSubscription:
+    """Takes acks as ``Subscription.ack_many`` does: one call per burst, one awaitable for it.
+
+    ``answer`` makes that awaitable: by default a coroutine (acks sent at once and taken);
+    ``calls`` records, per call, how many frames the socket had sent and the ids acked."""
+
+    def __init__(self, socket: FakeSocket | None = None) -> None:
+        self.socket = socket
+        self.calls: list[tuple[int, list[str]]] = []
+        self.answer: Callable[[], Awaitable[None]] = nothing
+
+    def ack_many(self, batch: list[FakeDelivery]) -> Awaitable[None]:
+        self.calls.append((len(self.socket.sent) if self.socket else 0, [d.id for d in batch]))
+        for delivery in batch:
+            delivery.acked += 1
+        return self.answer()
+
+
 @dataclass(eq=False)
 class FakeDelivery:
     id: str
+    _subscription: FakeSubscription
     attempt: int = 1
     acked: int = 0
-
-    def ack(self) -> Awaitable[None]:
-        async def done() -> None:
-            self.acked += 1
-
-        return done()
+    topic: str = "t"  # named in the log line of a failed ack
+    group: str = "g"
 
 
-def deliveries(n: int) -> list[Delivery]:
-    return [cast(Delivery, FakeDelivery(f"1-{i}")) for i in range(n)]
+def deliveries(n: int, subscription: FakeSubscription | None = None) -> list[Delivery]:
+    subscription = subscription or FakeSubscription()
+    return [cast(Delivery, FakeDelivery(f"1-{i}", subscription)) for i in range(n)]
+
+
+def acked(batch: list[Delivery]) -> list[int]:
+    return [cast(FakeDelivery, d).acked for d in batch]
 
 
 def connection(
@@ -83,23 +103,17 @@ async def until(condition: Callable[[], bool]) -> None:
 
 
 async def test_writer_sends_what_waits_as_one_burst_and_asks_for_its_auto_acks_together() -> None:
-    """Frames queued meanwhile go out in one burst; their auto-acks are all asked for after the sends."""
+    """Frames queued meanwhile go out in one burst; their auto-acks are asked for in one call, after the sends."""
     socket = FakeSocket()
     conn = connection(socket)
-    asked: list[tuple[int, str]] = []
-
-    class Recorded(FakeDelivery):
-        def ack(self) -> Awaitable[None]:
-            asked.append((len(socket.sent), self.id))
-            return super().ack()
-
-    batch = [cast(Delivery, Recorded(f"1-{i}")) for i in range(5)]
+    subscription = FakeSubscription(socket)
+    batch = deliveries(5, subscription)
     for delivery in batch:
         assert conn.push(f"frame {delivery.id}", delivery)
     running = asyncio.create_task(conn.run(nothing))
-    await until(lambda: len(asked) == 5)
+    await until(lambda: bool(subscription.calls))
     assert socket.sent == [f"frame {d.id}" for d in batch]
-    assert asked == [(5, d.id) for d in batch]  # once all five were written
+    assert subscription.calls == [(5, [d.id for d in batch])]  # once all five were written
     assert conn.unacked == {}
     conn.close(1000, "done")
     await running
@@ -135,8 +149,8 @@ async def test_acks_of_frames_written_before_the_socket_failed_are_still_sent() 
         conn.push(f"frame {delivery.id}", delivery)
     await conn.run(nothing)
     assert conn.client_gone
-    await until(lambda: sum(cast(FakeDelivery, d).acked for d in batch) >= 2)
-    assert [cast(FakeDelivery, d).acked for d in batch] == [1, 1, 0, 0]
+    await until(lambda: sum(acked(batch)) >= 2)
+    assert acked(batch) == [1, 1, 0, 0]
     assert set(conn.unacked) == {batch[2].id, batch[3].id}
 
 
@@ -150,29 +164,42 @@ async def test_the_writer_acks_a_burst_itself_and_counts_it() -> None:
         conn.push("x", delivery)
     running = asyncio.create_task(conn.run(nothing))
     await until(lambda: counters.acknowledged == 3)
-    assert [cast(FakeDelivery, d).acked for d in batch] == [1, 1, 1]
+    assert acked(batch) == [1, 1, 1]
     assert counters.delivered == 3
     conn.close(1000, "done")
     await running
 
 
-async def test_ack_all_counts_what_is_taken_at_once_and_awaits_the_rest_together() -> None:
-    """ack_all: an ack already complete is counted at once; the others are awaited concurrently."""
-
-    class Queued(FakeDelivery):
-        def ack(self) -> Awaitable[None]:
-            self.acked += 1
-            return _Complete()
-
+async def test_ack_all_counts_what_is_taken_at_once_and_awaits_the_rest_as_one() -> None:
+    """ack_all: acks taken to ride with the next read are counted at once; acks sent now come
+    back as one awaitable, counted when it completes."""
     metrics = DeliveryMetrics()
     counters = metrics.for_connection("t", "group", "g")
-    queued = cast(Delivery, Queued("1-0"))
-    sent = deliveries(2)
-    rest = ack_all([queued, *sent], counters)
-    assert counters.acknowledged == 1 and rest is not None
-    await rest
-    assert counters.acknowledged == 3
-    assert ack_all([queued], counters) is None
+    queued = FakeSubscription()
+    queued.answer = _Complete
+    assert ack_all(deliveries(2, queued), counters) is None
+    assert counters.acknowledged == 2
+    rest = ack_all(deliveries(3), counters)
+    assert rest is not None and counters.acknowledged == 2
+    assert await rest == []
+    assert counters.acknowledged == 5
+
+
+async def test_ack_all_returns_every_delivery_of_a_burst_the_broker_refused() -> None:
+    """A refused XACK fails the whole burst it carried: all of it is reported, none counted."""
+    metrics = DeliveryMetrics()
+    counters = metrics.for_connection("t", "group", "g")
+    subscription = FakeSubscription()
+
+    async def refused() -> None:
+        raise ConnectionError("the broker is gone")
+
+    subscription.answer = refused
+    batch = deliveries(3, subscription)
+    rest = ack_all(batch, counters)
+    assert rest is not None
+    assert await rest == batch
+    assert counters.acknowledged == 0
 
 
 class _Complete:
@@ -218,28 +245,29 @@ async def test_frames_written_before_the_connection_ends_mid_burst_are_acked_not
     await until(lambda: len(socket.sent) == 2 and not socket.gate.is_set())
     conn.close(4001, "too slow")
     handed_back = await running
-    await until(lambda: sum(cast(FakeDelivery, d).acked for d in batch) >= 2)
-    assert [cast(FakeDelivery, d).acked for d in batch] == [1, 1, 0, 0]
+    await until(lambda: sum(acked(batch)) >= 2)
+    assert acked(batch) == [1, 1, 0, 0]
     assert [d.id for d in handed_back] == [batch[2].id, batch[3].id]
 
 
-class HeldAck(FakeDelivery):
-    """An ack the subscription must send: its future completes when the test says so."""
+class HeldAcks(FakeSubscription):
+    """Acks the subscription must send: each call's future completes when the test says so."""
 
-    def __init__(self, id: str) -> None:
-        super().__init__(id)
-        self.topic, self.group = "t", "g"  # named in the log line of a failed ack
-        self.future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    def __init__(self) -> None:
+        super().__init__()
+        self.futures: list[asyncio.Future[None]] = []
+        self.answer = self._held
 
-    def ack(self) -> Awaitable[None]:
-        self.acked += 1
-        return self.future
+    def _held(self) -> asyncio.Future[None]:
+        self.futures.append(asyncio.get_running_loop().create_future())
+        return self.futures[-1]
 
 
-def holding(conn: Connection, *ids: str) -> list[HeldAck]:
-    held = [HeldAck(i) for i in ids]
+def holding(conn: Connection, *ids: str) -> tuple[HeldAcks, list[FakeDelivery]]:
+    subscription = HeldAcks()
+    held = [FakeDelivery(i, subscription) for i in ids]
     conn.unacked.update({d.id: cast(Delivery, d) for d in held})
-    return held
+    return subscription, held
 
 
 async def test_client_acks_are_all_asked_for_before_any_is_awaited_and_do_not_hold_the_reader() -> None:
@@ -248,16 +276,17 @@ async def test_client_acks_are_all_asked_for_before_any_is_awaited_and_do_not_ho
     metrics = DeliveryMetrics()
     conn = connection(FakeSocket())
     conn._counters = metrics.for_connection("t", "group", "g")
-    first, second, third = holding(conn, "1-0", "1-1", "1-2")
+    subscription, held = holding(conn, "1-0", "1-1", "1-2")
 
     async with asyncio.timeout(1):  # would hang if the reader awaited the held acks
         await conn._handle(json.dumps({"ack": ["1-0", "1-1"]}))
         await conn._handle(json.dumps({"ack": "1-2"}))
-    assert [d.acked for d in (first, second, third)] == [1, 1, 1]
+    assert [d.acked for d in held] == [1, 1, 1]
+    assert [ids for _, ids in subscription.calls] == [["1-0", "1-1"], ["1-2"]]
     assert conn.unacked == {} and conn._counters.acknowledged == 0
 
-    for held in (first, second, third):
-        held.future.set_result(None)
+    for future in subscription.futures:
+        future.set_result(None)
     await until(lambda: conn._counters is not None and conn._counters.acknowledged == 3)
     assert conn.queued == 0  # no error frame
 
@@ -265,10 +294,10 @@ async def test_client_acks_are_all_asked_for_before_any_is_awaited_and_do_not_ho
 async def test_a_client_ack_the_broker_refuses_is_reported_as_ack_failed() -> None:
     """When the broker does not take an ack, the client gets an ack_failed frame naming the id."""
     conn = connection(FakeSocket())
-    (held,) = holding(conn, "1-7")
+    subscription, _ = holding(conn, "1-7")
 
     await conn._handle(json.dumps({"ack": "1-7"}))
-    held.future.set_exception(ConnectionError("the broker is gone"))
+    subscription.futures[0].set_exception(ConnectionError("the broker is gone"))
 
     await until(lambda: conn.queued == 1)
     frame = json.loads(conn._outbox[0].text)

@@ -63,6 +63,12 @@ def make_settings(**overrides: Any) -> Settings:
 
 def receive(ws: WebSocketTestSession, timeout_s: float = 5.0) -> Frame:
     """The next frame from the server; raises ``WebSocketDisconnect`` on a close, TimeoutError if none."""
+    frame: Frame = json.loads(receive_text(ws, timeout_s))
+    return frame
+
+
+def receive_text(ws: WebSocketTestSession, timeout_s: float = 5.0) -> str:
+    """The next frame from the server as the text it sent (see ``receive``)."""
 
     async def next_message() -> MutableMapping[str, Any]:
         with anyio.fail_after(timeout_s):
@@ -71,8 +77,8 @@ def receive(ws: WebSocketTestSession, timeout_s: float = 5.0) -> Frame:
     message = ws.portal.call(next_message)
     if message["type"] == "websocket.close":
         raise WebSocketDisconnect(message.get("code", 1000), message.get("reason", ""))
-    frame: Frame = json.loads(message["text"])
-    return frame
+    text: str = message["text"]
+    return text
 
 
 def nothing_within(ws: WebSocketTestSession, timeout_s: float = 0.3) -> bool:
