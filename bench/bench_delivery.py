@@ -33,6 +33,7 @@ the machine's 2 cores.
 
     python3 bench/bench_delivery.py [--rounds 5] [--messages 20000] [--clients 100]
                                     [--broadcast-messages 1000] [--ours-uvloop] [--json]
+                                    [--scenario single|broadcast|batched ...]
 """
 
 from __future__ import annotations
@@ -274,9 +275,9 @@ class Bench:
 
 
 async def run(
-    rounds: int, n_single: int, n_broadcast: int, clients: int, uvloop: bool, log: Any
+    rounds: int, n_single: int, n_broadcast: int, clients: int, uvloop: bool, log: Any, names: list[str]
 ) -> tuple[dict[str, Scenario], dict[str, str]]:
-    scenarios = {name: Scenario(name) for name in TARGETS}
+    scenarios = {name: Scenario(name) for name in names}
     with RedisServer() as private:
         env = environment("websockets", "orjson")
         env["ours_event_loop"] = (
@@ -299,13 +300,14 @@ async def run(
             async with mqctl.connect(private.url, max_backlog=None, default_group="default") as broker:
                 bench = Bench(bare, ours, broker, clients)
                 # Warm-up (not reported).
+                sizes = {"single": n_single, "broadcast": n_broadcast, "batched": n_single}
                 for side in ("bare", "ours"):
-                    await getattr(bench, f"{side}_single")(min(n_single, 2000))
-                    await getattr(bench, f"{side}_broadcast")(min(n_broadcast, 100))
-                    await getattr(bench, f"{side}_batched")(min(n_single, 2000))
+                    for name in names:
+                        await getattr(bench, f"{side}_{name}")(min(sizes[name], 100 if name == "broadcast" else 2000))
                 for i in range(rounds):
                     order = ("ours", "bare") if i % 2 else ("bare", "ours")
-                    for name, n in (("single", n_single), ("broadcast", n_broadcast), ("batched", n_single)):
+                    for name in names:
+                        n = sizes[name]
                         got: dict[str, Timed] = {}
                         for side in order:
                             got[side] = timed = await getattr(bench, f"{side}_{name}")(n)
@@ -347,8 +349,9 @@ def report(scenarios: dict[str, Scenario], env: dict[str, str], args: argparse.N
         entry["met"] = s.ratio >= TARGETS[s.name]
         out["scenarios"].append(entry)
     out["clients_broadcast"] = args.clients
-    out["sample_frame_ours"] = scenarios["single"].ours[-1].last_frame
-    out["sample_frame_bare"] = scenarios["single"].bare[-1].last_frame
+    sample = scenarios.get("single") or next(iter(scenarios.values()))
+    out["sample_frame_ours"] = sample.ours[-1].last_frame
+    out["sample_frame_bare"] = sample.bare[-1].last_frame
     return out
 
 
@@ -389,6 +392,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--ours-uvloop", action="store_true", help="start serve-b with uvloop's event loop policy installed"
     )
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=list(TARGETS),
+        help="run only this scenario (repeat for several; default: all three), e.g. while profiling one",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (the log on stderr)")
     args = parser.parse_args(argv)
     if min(args.rounds, args.messages, args.clients, args.broadcast_messages) < 1:
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             args.clients,
             args.ours_uvloop,
             lambda line: print(line, file=sys.stderr, flush=True),
+            [name for name in TARGETS if args.scenario is None or name in args.scenario],
         )
     )
     rep = report(scenarios, env, args)
