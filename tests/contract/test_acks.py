@@ -30,20 +30,29 @@ async def _reading(subscription: mqctl.Subscription) -> asyncio.Task[mqctl.Deliv
     return task
 
 
-async def test_acks_during_a_read_go_out_together(broker: mqctl.Broker, mocker: Any) -> None:
-    """Acks that arrive while a blocking read is in flight are sent in a few round trips, not one each."""
+@pytest.mark.parametrize("how", ["ack each", "ack_many"])
+async def test_acks_during_a_read_go_out_together(broker: mqctl.Broker, mocker: Any, how: str) -> None:
+    """Acks that arrive while a blocking read is in flight are sent in a few round trips, not one
+    each (``ack()`` each: the first alone, the other 19 together; ``ack_many``: one for all), and
+    are in the broker when their await returns."""
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(20)])
     sub = broker.subscribe("orders", batch=20, poll_interval=5)
     backend_ack = mocker.spy(sub._reader, "ack")
+    round_trips = 2 if how == "ack each" else 1
     async with sub:
         deliveries = await take(sub, 20)
         reading = await _reading(sub)
-        await asyncio.gather(*(d.ack() for d in deliveries))
+        if how == "ack each":
+            await asyncio.gather(*(d.ack() for d in deliveries))
+        else:
+            await sub.ack_many(deliveries)
 
         sent = [h for call in backend_ack.call_args_list for h in call.args[0]]
         assert sorted(map(id, sent)) == sorted(id(d._handle) for d in deliveries)
-        assert backend_ack.call_count <= 2  # the first alone, the other 19 together
+        assert backend_ack.call_count <= round_trips
         assert await _pending(broker, "orders") == 0
+        await sub.ack_many(deliveries)  # settled already: nothing more is sent
+        assert backend_ack.call_count <= round_trips
         reading.cancel()
 
 
@@ -65,15 +74,18 @@ async def test_an_ack_cancelled_before_its_batch_leaves_is_not_sent(broker: mqct
         reading.cancel()
 
 
-async def test_a_failed_shared_ack_reaches_every_awaiter(broker: mqctl.Broker, mocker: Any) -> None:
-    """When the XACK of a batch fails, every ack in it raises, and the messages stay pending."""
+@pytest.mark.parametrize("how", ["ack each", "ack_many"])
+async def test_a_failed_shared_ack_reaches_every_awaiter(broker: mqctl.Broker, mocker: Any, how: str) -> None:
+    """When the XACK of a batch fails, every ack in it raises (each ``ack()``, or the one await of
+    ``ack_many``), and the messages stay pending."""
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(4)])
     sub = broker.subscribe("orders", batch=4, poll_interval=5, ack_timeout=60)
     async with sub:
         deliveries = await take(sub, 4)
         reading = await _reading(sub)
         mocker.patch.object(sub._reader, "ack", side_effect=mqctl.BrokerUnavailable("gone"))
-        results = await asyncio.gather(*(d.ack() for d in deliveries), return_exceptions=True)
+        acks = [d.ack() for d in deliveries] if how == "ack each" else [sub.ack_many(deliveries)]
+        results = await asyncio.gather(*acks, return_exceptions=True)
         assert all(isinstance(r, mqctl.BrokerUnavailable) for r in results), results
         mocker.stopall()
         assert await _pending(broker, "orders") == 4
@@ -117,14 +129,18 @@ async def test_an_ack_reaches_the_broker_without_another_read(connect_broker: Br
         await eventually(lambda: _pending_is(observer, "t", "slow", 0), timeout_s=2, what="the ack in the broker")
 
 
-async def test_acks_of_a_fast_loop_ride_with_its_reads(broker: mqctl.Broker, mocker: Any) -> None:
-    """A loop that acks each delivery as it goes sends its acks with its next read, not one XACK
-    each (the linger is stretched here so that a slow machine cannot flush one early)."""
+def _recorded(broker: mqctl.Broker, mocker: Any, *, batch: int) -> tuple[mqctl.Subscription, Any, Any]:
+    """A subscription to "orders" whose acks and reads are recorded (spies), with the linger
+    stretched so that a slow machine cannot flush gathered acks on their own early."""
     mocker.patch.object(subscription_module, "ACK_LINGER_S", 30.0)
+    sub = broker.subscribe("orders", batch=batch, poll_interval=5)
+    return sub, mocker.spy(sub._reader, "ack"), mocker.spy(sub._reader, "read")
+
+
+async def test_acks_of_a_fast_loop_ride_with_its_reads(broker: mqctl.Broker, mocker: Any) -> None:
+    """A loop that acks each delivery as it goes sends its acks with its next read, not one XACK each."""
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(300)])
-    sub = broker.subscribe("orders", batch=100, poll_interval=5)
-    backend_ack = mocker.spy(sub._reader, "ack")
-    read = mocker.spy(sub._reader, "read")
+    sub, backend_ack, read = _recorded(broker, mocker, batch=100)
     async with sub:
         async for delivery in sub:
             await delivery.ack()
@@ -135,32 +151,11 @@ async def test_acks_of_a_fast_loop_ride_with_its_reads(broker: mqctl.Broker, moc
     assert await _pending(broker, "orders") == 0
 
 
-async def test_ack_many_during_a_read_is_one_round_trip(broker: mqctl.Broker, mocker: Any) -> None:
-    """ack_many of a batch taken while a read is in flight: one ack sent for all of them, and when
-    its await returns they are acknowledged in the broker."""
-    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(20)])
-    sub = broker.subscribe("orders", batch=20, poll_interval=5)
-    backend_ack = mocker.spy(sub._reader, "ack")
-    async with sub:
-        deliveries = await take(sub, 20)
-        reading = await _reading(sub)
-        await sub.ack_many(deliveries)
-        assert backend_ack.call_count == 1
-        assert sorted(map(id, backend_ack.call_args.args[0])) == sorted(id(d._handle) for d in deliveries)
-        assert await _pending(broker, "orders") == 0
-        await sub.ack_many(deliveries)  # settled already: nothing more is sent
-        assert backend_ack.call_count == 1
-        reading.cancel()
-
-
 async def test_ack_many_between_reads_rides_with_the_next_read(broker: mqctl.Broker, mocker: Any) -> None:
     """ack_many between two reads (a loop that acks what it took) sends nothing on its own:
     the acks go with the next read, and only the unacked one is redelivered later."""
-    mocker.patch.object(subscription_module, "ACK_LINGER_S", 30.0)
     await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(10)])
-    sub = broker.subscribe("orders", batch=5, poll_interval=5)
-    backend_ack = mocker.spy(sub._reader, "ack")
-    read = mocker.spy(sub._reader, "read")
+    sub, backend_ack, read = _recorded(broker, mocker, batch=5)
     async with sub:
         first = await take(sub, 5)
         await sub.ack_many(first[:4])
@@ -168,21 +163,6 @@ async def test_ack_many_between_reads_rides_with_the_next_read(broker: mqctl.Bro
         assert [len(call.kwargs["ack"]) for call in read.call_args_list] == [0, 4]
         assert backend_ack.call_count == 0
         assert await _pending(broker, "orders") == 6  # first[4] and the five of the second read
-
-
-async def test_a_refused_ack_many_raises_and_leaves_every_message_pending(broker: mqctl.Broker, mocker: Any) -> None:
-    """When the broker does not take the acks of ack_many, its await raises and all stay pending."""
-    await broker.publish_many("orders", [{"type": "n", "content": i} for i in range(4)])
-    sub = broker.subscribe("orders", batch=4, poll_interval=5, ack_timeout=60)
-    async with sub:
-        deliveries = await take(sub, 4)
-        reading = await _reading(sub)
-        mocker.patch.object(sub._reader, "ack", side_effect=mqctl.BrokerUnavailable("gone"))
-        with pytest.raises(mqctl.BrokerUnavailable):
-            await sub.ack_many(deliveries)
-        mocker.stopall()
-        assert await _pending(broker, "orders") == 4
-        reading.cancel()
 
 
 async def test_ack_many_refuses_deliveries_of_another_subscription(broker: mqctl.Broker) -> None:
