@@ -55,16 +55,6 @@ class Coalescer(Generic[Item, Result]):
                     break
             raise
 
-    async def submit_many(self, items: Sequence[Item]) -> list[Result]:
-        """Send every item (in the next batches) and return their results in order; raise the
-        first item's error if any failed (every item is sent either way)."""
-        values: list[Result] = []
-        for result in await asyncio.gather(*(self.submit_nowait(item) for item in items), return_exceptions=True):
-            if isinstance(result, BaseException):
-                raise result
-            values.append(result)
-        return values
-
     def submit_nowait(self, item: Item) -> asyncio.Future[Result]:
         """Queue ``item`` for the next batch now and return the future of its result.
 

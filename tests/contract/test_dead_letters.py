@@ -163,3 +163,22 @@ async def test_replay_into_a_full_topic_keeps_the_dead_letters(connect_broker: B
             await broker.replay("orders")
 
         assert (await broker.stats("orders")).dead_letters == 1
+
+
+async def test_ready_stops_at_an_entry_it_cannot_decode_and_anext_dead_letters_it(broker: mqctl.Broker) -> None:
+    """ready() gives out what a read brought without an await, but not what it cannot decode: it
+    returns None there, and the next anext() moves that entry to the dead letters and goes on."""
+    limits = Limits(max_backlog=None, retention=10_000, idempotency_window_s=60.0, default_group="default")
+    first = await broker.publish("orders", {"type": "ok", "content": 1})
+    ((garbage_id,),) = await broker.backend.add("orders", [[Outgoing(b"\xff not json")]], limits)
+    last = await broker.publish("orders", {"type": "ok", "content": 3})
+    async with broker.subscribe("orders", batch=10, **FAST) as sub:
+        (delivery,) = await take(sub, 1)
+        assert len(sub._buffer) == 2  # one read brought all three
+        assert sub.ready() is None  # the undecodable one is next: left for anext()
+        (after,) = await take(sub, 1)
+        assert after.id == last and delivery.id == first
+        assert sub.ready() is None  # nothing more was read
+        await sub.ack_many([delivery, after])
+    (letter,) = await broker.dead_letters("orders")
+    assert letter.original_id == garbage_id
